@@ -1,0 +1,157 @@
+//! Assembly: open the store, the KMS and the key ring, build the app state,
+//! and serve it. One [`AppState`] per server, passed to handlers with axum's
+//! `State`; there are no globals, so tests run several servers in one process.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, PepperSource, Secret};
+use crate::grant::TokenService;
+use crate::keyring::Alg;
+use crate::keyring::KeyRing;
+use crate::keyring::kms::Kms;
+use crate::keyring::kms::local::read_or_create_secret_file;
+use crate::keyring::lifecycle::Lifecycle;
+use crate::keyring::scheduler::{self, SchedulerStats};
+use crate::oauth::wire::Discovery;
+use crate::secret::Secrets;
+use crate::store::Store;
+use crate::token::Minter;
+
+/// What every command needs: the database, the pepper-keyed secrets and the KMS.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    pub secrets: Secrets,
+    pub kms: Kms,
+    pub lifecycle: Lifecycle,
+}
+
+impl Services {
+    /// Connect, migrate, and open the KMS. Used by `serve` and by the CLI.
+    pub async fn open(config: &Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database)
+            .await
+            .context("cannot open the database")?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+        let pepper = match &config.security.pepper {
+            PepperSource::Provided(p) => p.clone(),
+            PepperSource::GenerateInto(path) => {
+                let bytes = read_or_create_secret_file(path, 32).with_context(|| {
+                    format!("cannot read or create the pepper file {}", path.display())
+                })?;
+                Secret::new(bytes.to_vec())
+            }
+        };
+        let secrets = tokio::task::spawn_blocking(move || Secrets::new(pepper))
+            .await
+            .context("pepper setup task")??;
+        let kms = Kms::open(&config.keys)
+            .await
+            .context("cannot open the KMS")?;
+        let lifecycle = Lifecycle::new(store.clone(), kms.clone(), clock, config.keys.clone());
+        Ok(Self {
+            store,
+            secrets,
+            kms,
+            lifecycle,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub ring: Arc<KeyRing>,
+    pub tokens: TokenService,
+    pub lifecycle: Lifecycle,
+    pub clock: SharedClock,
+    pub stats: Arc<SchedulerStats>,
+    /// The discovery document, serialised once.
+    pub discovery_json: Arc<[u8]>,
+}
+
+impl AppState {
+    /// Open everything and make sure each algorithm has a signing key.
+    pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let services = Services::open(&config, clock.clone()).await?;
+        // Bootstrap (first start) and any transition that came due while no
+        // server ran. A KMS failure here is not fatal if keys already exist.
+        match services.lifecycle.tick("startup").await {
+            Ok(report) => {
+                for (alg, e) in report.failures {
+                    tracing::error!(alg, error = %e, "could not create a due key at start-up");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "key lifecycle pass failed at start-up"),
+        }
+        let ring = Arc::new(
+            KeyRing::load(services.store.clone(), services.kms.clone())
+                .await
+                .context("cannot load the key ring")?,
+        );
+        let minter = Minter::new(
+            &config.issuer,
+            config.tokens.clone(),
+            ring.clone(),
+            clock.clone(),
+        );
+        let tokens = TokenService::new(
+            services.store.clone(),
+            services.secrets.clone(),
+            minter,
+            clock.clone(),
+            config.tokens.clone(),
+        );
+        let discovery = Discovery::new(
+            &config.issuer,
+            Alg::ALL.iter().map(|a| a.as_str()).collect(),
+            Vec::new(),
+        );
+        let discovery_json: Arc<[u8]> = serde_json::to_vec(&discovery)?.into();
+        Ok(Self {
+            config: Arc::new(config),
+            store: services.store,
+            ring,
+            tokens,
+            lifecycle: services.lifecycle,
+            clock,
+            stats: Arc::new(SchedulerStats::default()),
+            discovery_json,
+        })
+    }
+
+    /// Serve on `listener` until `shutdown` completes, running the key
+    /// scheduler beside the HTTP server.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sched = tokio::spawn(scheduler::run(
+            self.lifecycle.clone(),
+            self.ring.clone(),
+            self.stats.clone(),
+            stop_rx,
+        ));
+        let store = self.store.clone();
+        tracing::info!(addr = %listener.local_addr()?, issuer = %self.config.issuer, "latchkey serving");
+        let result = axum::serve(listener, crate::http::router(self))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = sched.await;
+        store.close().await;
+        result.context("HTTP server failed")
+    }
+}

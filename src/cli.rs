@@ -1,0 +1,616 @@
+//! The command line: `serve`, `migrate`, and the operator commands. Each
+//! command calls the same services the HTTP handlers call; the CLI adds only
+//! argument parsing, input validation and output formatting (`--json` prints
+//! records with their wire names).
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::app::{AppState, Services};
+use crate::clock::{SharedClock, SystemClock, UnixTime};
+use crate::config::Config;
+use crate::keyring::Alg;
+use crate::keyring::lifecycle::{self, KeyInfo};
+use crate::oauth::{GrantType, Scope};
+use crate::store::ClientRow;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "An OIDC-style identity provider with a rotating signing key ring"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Every key can be overridden by LATCHKEY_<SECTION>__<KEY>.
+    #[arg(long, global = true, default_value = "config/latchkey.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server and the key scheduler.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Clients(ClientsCmd),
+    /// Inspect and operate the signing key ring.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Read the event log (key transitions, admin actions).
+    #[command(subcommand)]
+    Events(EventsCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Create a user; the password is read from standard input.
+    Create {
+        username: String,
+        /// Read the password from stdin (the only way: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Comma-separated roles, e.g. admin,billing.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCmd {
+    /// Register a client; prints a generated secret once (unless --public or --secret-stdin).
+    Create {
+        client_id: String,
+        /// A public client (no secret; password and refresh_token grants only).
+        #[arg(long)]
+        public: bool,
+        /// Read the client secret from stdin instead of generating one (at least 32 characters).
+        #[arg(long, conflicts_with = "public")]
+        secret_stdin: bool,
+        /// Comma-separated: password, refresh_token, client_credentials.
+        #[arg(long, value_delimiter = ',', required = true)]
+        grant_types: Vec<String>,
+        /// Space-separated scopes the client may request.
+        #[arg(long, required = true)]
+        scopes: String,
+        /// Signing algorithm of this client's tokens (default: tokens.default_alg).
+        #[arg(long)]
+        alg: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List clients (never their secrets).
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List every key with its state and lifecycle times.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Rotate: publish a new key now and let it sign once the pre-publication lead passed.
+    Rotate {
+        /// Algorithm to rotate (default: tokens.default_alg).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Sign with the new key immediately (skips pre-publication; for emergencies).
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Retire a key: unpublish it now. The active key needs --emergency.
+    Retire {
+        kid: String,
+        /// The key is compromised: stop signing with it and unpublish it at once.
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show the next scheduled transitions per algorithm.
+    Schedule {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCmd {
+    /// The newest events first.
+    List {
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// Logs go to stderr; `LATCHKEY_LOG` sets the filter (default `info` for
+/// `serve`, `warn` otherwise so command output stays clean).
+pub fn init_logging(cli: &Cli) {
+    let default = if matches!(cli.command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| default.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config, std::env::vars()).with_context(|| {
+        format!(
+            "loading {} (pass --config FILE to use another file)",
+            cli.config.display()
+        )
+    })?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve => serve(config, clock).await,
+        Command::Migrate => {
+            let store = crate::store::Store::connect(&config.database).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Users(cmd) => users(cmd, &config, clock).await,
+        Command::Clients(cmd) => clients(cmd, &config, clock).await,
+        Command::Keys(cmd) => keys(cmd, &config, clock).await,
+        Command::Events(cmd) => events(cmd, &config, clock).await,
+    }
+}
+
+async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<()> {
+    let bind = config.server.bind;
+    let state = AppState::build(config, clock).await?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    state.serve(listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Who ran a CLI command, for the event log.
+fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Read one secret from stdin: the whole input, minus one trailing newline.
+fn read_stdin_secret(what: &str, max: usize) -> anyhow::Result<String> {
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(u64::try_from(max + 2).unwrap_or(u64::MAX))
+        .read_to_string(&mut buf)
+        .with_context(|| format!("reading the {what} from stdin"))?;
+    let s = buf.strip_suffix('\n').unwrap_or(&buf);
+    let s = s.strip_suffix('\r').unwrap_or(s);
+    if s.is_empty() {
+        bail!("the {what} on stdin is empty");
+    }
+    if s.len() > max {
+        bail!("the {what} is longer than {max} bytes");
+    }
+    Ok(s.to_string())
+}
+
+/// Usernames: 1–64 of letters, digits and `. _ @ + -`.
+pub fn valid_username(u: &str) -> bool {
+    (1..=64).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+}
+
+/// Client ids: 1–128 of letters, digits and `. _ : -`.
+pub fn valid_client_id(c: &str) -> bool {
+    (1..=128).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn valid_role(r: &str) -> bool {
+    (1..=64).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn parse_alg(s: Option<&str>, default: Alg) -> anyhow::Result<Alg> {
+    match s {
+        None => Ok(default),
+        Some(a) => Alg::parse(&a.to_ascii_uppercase())
+            .with_context(|| format!("unsupported algorithm {a:?}: use RS256 or ES256")),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn time(t: Option<UnixTime>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let services = Services::open(config, clock.clone()).await?;
+    match cmd {
+        UsersCmd::Create {
+            username,
+            password_stdin: _,
+            roles,
+            email,
+            out,
+        } => {
+            if !valid_username(&username) {
+                bail!("invalid username: use 1-64 letters, digits and . _ @ + -");
+            }
+            let roles: Vec<String> = roles
+                .into_iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect();
+            if let Some(bad) = roles.iter().find(|r| !valid_role(r)) {
+                bail!("invalid role {bad:?}: use 1-64 letters, digits and . _ : -");
+            }
+            if email.as_deref().is_some_and(|e| {
+                e.len() > 254 || !e.contains('@') || e.chars().any(char::is_whitespace)
+            }) {
+                bail!("invalid email address");
+            }
+            let password = read_stdin_secret("password", crate::oauth::request::MAX_PASSWORD_LEN)?;
+            if password.chars().count() < 8 {
+                bail!("the password must be at least 8 characters");
+            }
+            let hash = services.secrets.hash_password(password).await?;
+            let id = crate::secret::random_id()?;
+            services
+                .store
+                .create_user(&id, &username, &hash, email.as_deref(), &roles, clock.now())
+                .await?;
+            if out.json {
+                print_json(&json!({ "id": id, "username": username, "roles": roles }))
+            } else {
+                println!("created user {username} (id {id})");
+                Ok(())
+            }
+        }
+        UsersCmd::List { out } => {
+            let users = services.store.list_users().await?;
+            let mut list = Vec::new();
+            for u in users {
+                let roles = services.store.user_roles(&u.id).await?;
+                list.push(json!({
+                    "id": u.id, "username": u.username, "email": u.email,
+                    "roles": roles, "disabled": u.disabled, "created_at": u.created_at,
+                }));
+            }
+            if out.json {
+                print_json(&list)
+            } else {
+                for u in list {
+                    println!(
+                        "{}  {}  roles={}",
+                        u["id"].as_str().unwrap_or(""),
+                        u["username"].as_str().unwrap_or(""),
+                        u["roles"]
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let services = Services::open(config, clock.clone()).await?;
+    match cmd {
+        ClientsCmd::Create {
+            client_id,
+            public,
+            secret_stdin,
+            grant_types,
+            scopes,
+            alg,
+            out,
+        } => {
+            if !valid_client_id(&client_id) {
+                bail!("invalid client id: use 1-128 letters, digits and . _ : -");
+            }
+            let mut grants = Vec::new();
+            for g in grant_types
+                .iter()
+                .map(|g| g.trim())
+                .filter(|g| !g.is_empty())
+            {
+                let grant = GrantType::parse(g).with_context(|| {
+                    format!(
+                        "unknown grant type {g:?}: use password, refresh_token, client_credentials"
+                    )
+                })?;
+                if !grants.contains(&grant) {
+                    grants.push(grant);
+                }
+            }
+            if grants.is_empty() {
+                bail!("--grant-types needs at least one grant type");
+            }
+            if public && grants.contains(&GrantType::ClientCredentials) {
+                bail!("a public client cannot use client_credentials");
+            }
+            let scope = Scope::parse(&scopes)
+                .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?;
+            let alg = parse_alg(alg.as_deref(), config.tokens.default_alg)?;
+            let (shown_secret, digest) = if public {
+                (None, None)
+            } else if secret_stdin {
+                let s = read_stdin_secret(
+                    "client secret",
+                    crate::oauth::request::MAX_CLIENT_SECRET_LEN,
+                )?;
+                if s.len() < 32 {
+                    bail!("a client secret must be at least 32 characters");
+                }
+                (None, Some(services.secrets.client_secret_digest(&s)?))
+            } else {
+                let (secret, digest) = services.secrets.new_client_secret()?;
+                (Some(secret), Some(digest))
+            };
+            services
+                .store
+                .create_client(&ClientRow {
+                    client_id: client_id.clone(),
+                    secret_digest: digest,
+                    is_public: public,
+                    grant_types: grants
+                        .iter()
+                        .map(|g| g.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    scopes: scope.to_string(),
+                    token_alg: alg.as_str().to_string(),
+                    created_at: clock.now(),
+                })
+                .await?;
+            if out.json {
+                let mut v = json!({ "client_id": client_id });
+                if let Some(s) = &shown_secret {
+                    v["client_secret"] = json!(s);
+                }
+                print_json(&v)
+            } else {
+                println!("client_id: {client_id}");
+                if let Some(s) = shown_secret {
+                    println!("client_secret: {s}");
+                    eprintln!(
+                        "(the secret is shown once and stored only as a digest: keep it now)"
+                    );
+                }
+                Ok(())
+            }
+        }
+        ClientsCmd::List { out } => {
+            let list: Vec<_> = services
+                .store
+                .list_clients()
+                .await?
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "client_id": c.client_id, "public": c.is_public,
+                        "grant_types": c.grant_types.split(' ').collect::<Vec<_>>(),
+                        "scopes": c.scopes, "alg": c.token_alg, "created_at": c.created_at,
+                    })
+                })
+                .collect();
+            if out.json {
+                print_json(&list)
+            } else {
+                for c in list {
+                    println!(
+                        "{}  grants={}  scopes=\"{}\"",
+                        c["client_id"].as_str().unwrap_or(""),
+                        c["grant_types"],
+                        c["scopes"].as_str().unwrap_or("")
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn keys(cmd: KeysCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let services = Services::open(config, clock.clone()).await?;
+    // A fresh database gets its first keys here as well as on `serve`, so that
+    // `keys list` before the first start shows what the server will use.
+    services.lifecycle.tick(&actor()).await?;
+    match cmd {
+        KeysCmd::List { out } => {
+            let keys: Vec<KeyInfo> = services
+                .store
+                .list_keys(true)
+                .await?
+                .iter()
+                .map(KeyInfo::from)
+                .collect();
+            if out.json {
+                return print_json(&keys);
+            }
+            println!(
+                "{:<44} {:<6} {:<9} {:<14} {:<21} {:<21} {:<21}",
+                "KID", "ALG", "STATE", "KMS", "CREATED", "ACTIVATES", "RETIRES"
+            );
+            for k in keys {
+                println!(
+                    "{:<44} {:<6} {:<9} {:<14} {:<21} {:<21} {:<21}",
+                    k.kid,
+                    k.alg,
+                    k.state,
+                    k.kms_provider,
+                    time(Some(k.created_at)),
+                    time(k.activated_at.or(Some(k.activate_at))),
+                    time(k.retired_at.or(k.retire_at))
+                );
+            }
+            Ok(())
+        }
+        KeysCmd::Rotate { alg, now, out } => {
+            let alg = parse_alg(alg.as_deref(), config.tokens.default_alg)?;
+            let outcome = services.lifecycle.rotate(alg, now, &actor()).await?;
+            if out.json {
+                return print_json(&outcome);
+            }
+            if outcome.already_pending {
+                println!(
+                    "{} key {} is already pending; it starts signing at {}",
+                    outcome.alg,
+                    outcome.kid,
+                    time(Some(outcome.activate_at))
+                );
+            } else if now {
+                println!("{} key {} is signing now", outcome.alg, outcome.kid);
+                if let Some(old) = &outcome.replaced {
+                    println!("previous key {old} stays published until its tokens expire");
+                }
+                eprintln!(
+                    "warning: the new key was not pre-published; verifiers with a cached JWKS will refetch on the unknown kid"
+                );
+            } else {
+                println!(
+                    "{} key {} published now; it starts signing at {} (after the pre-publication lead of {} s)",
+                    outcome.alg,
+                    outcome.kid,
+                    time(Some(outcome.activate_at)),
+                    config.keys.policy(alg).lead_secs
+                );
+            }
+            Ok(())
+        }
+        KeysCmd::Retire {
+            kid,
+            emergency,
+            out,
+        } => {
+            let outcome = services.lifecycle.retire(&kid, emergency, &actor()).await?;
+            if let Some(w) = &outcome.warning {
+                eprintln!("WARNING: {w}");
+            }
+            if out.json {
+                return print_json(&outcome);
+            }
+            println!("key {} ({}) retired", outcome.kid, outcome.alg);
+            if let Some(r) = outcome.replacement {
+                println!("replacement {} key {r} is signing now", outcome.alg);
+            }
+            Ok(())
+        }
+        KeysCmd::Schedule { out } => {
+            let rows = services.store.list_keys(false).await?;
+            let upcoming = lifecycle::upcoming(clock.now(), &rows, &config.keys);
+            if out.json {
+                return print_json(&upcoming);
+            }
+            for u in upcoming {
+                println!(
+                    "{}: schedule \"{}\", active {}, next key {} publishes {} and signs from {}",
+                    u.alg,
+                    u.schedule,
+                    u.active_kid.as_deref().unwrap_or("-"),
+                    u.pending_kid.as_deref().unwrap_or("(new)"),
+                    time(u.next_prepublish_at),
+                    time(u.next_activation_at)
+                );
+                for (kid, at) in u.retirements {
+                    println!("   retiring {kid} is unpublished at {}", time(Some(at)));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn events(cmd: EventsCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let services = Services::open(config, clock).await?;
+    match cmd {
+        EventsCmd::List { action, limit, out } => {
+            let rows = services
+                .store
+                .list_events(action.as_deref(), limit.clamp(1, 10_000))
+                .await?;
+            if out.json {
+                return print_json(&rows);
+            }
+            for e in rows {
+                println!(
+                    "{}  {:<22} {:<28} {:<44} {}",
+                    time(Some(e.at)),
+                    e.actor,
+                    e.action,
+                    e.subject.unwrap_or_default(),
+                    e.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}

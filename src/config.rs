@@ -1,0 +1,859 @@
+//! Configuration in two stages: raw (what the TOML file and the environment say)
+//! and validated (typed, checked, with secrets that cannot be printed).
+//!
+//! This module is the only reader of configuration files and of `LATCHKEY_*`
+//! environment variables. It does no I/O beyond reading the file and the pepper;
+//! it knows nothing of HTTP, SQL or keys. Every key is documented, with its
+//! default and environment name, in `config/latchkey.toml`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::keyring::Alg;
+
+/// Environment variables with this prefix override config keys:
+/// `LATCHKEY_<SECTION>__<KEY>` (sections nest with more `__`), `LATCHKEY_<KEY>` for
+/// top-level keys.
+pub const ENV_PREFIX: &str = "LATCHKEY_";
+
+/// Variables under the prefix that are not config keys (test harness switches and
+/// the log filter); they are skipped rather than rejected as unknown keys.
+const ENV_NOT_CONFIG: &[&str] = &["LATCHKEY_TEST_", "LATCHKEY_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------------------
+// Stage one: the raw shape of the file.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: String,
+    #[serde(default = "default_profile")]
+    profile: String,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+fn default_profile() -> String {
+    "dev".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    bind: String,
+    max_body_bytes: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+    max_connections: u32,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/latchkey.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    dir: String,
+    kms: String,
+    jwks_max_age_secs: u64,
+    reload_interval_secs: u64,
+    safety_margin_secs: u64,
+    rs256: RawKeyPolicy,
+    es256: RawKeyPolicy,
+    aws: RawAws,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self {
+            dir: "keys".into(),
+            kms: "local".into(),
+            jwks_max_age_secs: 300,
+            reload_interval_secs: 2,
+            safety_margin_secs: 60,
+            rs256: RawKeyPolicy::default(),
+            es256: RawKeyPolicy::default(),
+            aws: RawAws::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeyPolicy {
+    schedule: String,
+    lead_secs: u64,
+    retention_secs: u64,
+    rsa_bits: u32,
+}
+
+impl Default for RawKeyPolicy {
+    fn default() -> Self {
+        Self {
+            schedule: "@monthly".into(),
+            lead_secs: 24 * 3600,
+            retention_secs: 2 * 24 * 3600,
+            rsa_bits: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAws {
+    mode: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    key_id: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    access_ttl_secs: u64,
+    id_ttl_secs: u64,
+    refresh_idle_ttl_secs: u64,
+    refresh_absolute_ttl_secs: u64,
+    audience: Option<String>,
+    default_alg: String,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            access_ttl_secs: 600,
+            id_ttl_secs: 600,
+            refresh_idle_ttl_secs: 14 * 24 * 3600,
+            refresh_absolute_ttl_secs: 30 * 24 * 3600,
+            audience: None,
+            default_alg: "RS256".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecurity {
+    pepper: Option<String>,
+    pepper_file: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Stage two: the validated, typed configuration the rest of latchkey reads.
+// ---------------------------------------------------------------------------
+
+/// Bytes that must never be printed: `Debug` shows only their length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret([{} bytes redacted])", self.0.len())
+    }
+}
+
+/// `dev` tolerates conveniences (a pepper generated into `keys/`, plain-http
+/// issuer); `prod` refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+#[derive(Debug, Clone)]
+pub enum DatabaseUrl {
+    /// A file path; the file is created if missing.
+    Sqlite(PathBuf),
+    /// Passed to the PostgreSQL driver as given.
+    Postgres(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuer: String,
+    pub profile: Profile,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub keys: KeysConfig,
+    pub tokens: TokenConfig,
+    pub security: SecurityConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: DatabaseUrl,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub dir: PathBuf,
+    pub kms: KmsConfig,
+    pub jwks_max_age_secs: u64,
+    pub reload_interval_secs: u64,
+    pub safety_margin_secs: u64,
+    pub rs256: KeyPolicy,
+    pub es256: KeyPolicy,
+}
+
+impl KeysConfig {
+    pub fn policy(&self, alg: Alg) -> &KeyPolicy {
+        match alg {
+            Alg::Rs256 => &self.rs256,
+            Alg::Es256 => &self.es256,
+        }
+    }
+}
+
+/// How one algorithm's keys rotate.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// The cron expression as written (six or seven fields, or `@monthly` etc.).
+    pub schedule_expr: String,
+    pub schedule: cron::Schedule,
+    /// How long a new key is published before it may sign.
+    pub lead_secs: u64,
+    /// How long a replaced key stays published after it stops signing.
+    pub retention_secs: u64,
+    /// RSA modulus size; ignored for ES256.
+    pub rsa_bits: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum KmsConfig {
+    /// AES-256-GCM wrapping with a master key file in `keys.dir`.
+    Local,
+    Aws(AwsKmsConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsMode {
+    /// Keys generated here, wrapped by a KMS key; signing in-process.
+    Envelope,
+    /// Asymmetric KMS keys; every signature is a KMS `Sign` call.
+    Native,
+}
+
+#[derive(Clone)]
+pub struct AwsKmsConfig {
+    pub mode: AwsMode,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    /// The symmetric wrapping key (envelope mode); id, ARN or `alias/...`.
+    pub key_id: Option<String>,
+    /// Static credentials; when absent the SDK's default chain is used.
+    pub credentials: Option<(String, Secret)>,
+}
+
+impl fmt::Debug for AwsKmsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKmsConfig")
+            .field("mode", &self.mode)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("key_id", &self.key_id)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub access_ttl_secs: u64,
+    pub id_ttl_secs: u64,
+    pub refresh_idle_ttl_secs: u64,
+    pub refresh_absolute_ttl_secs: u64,
+    pub audience: String,
+    pub default_alg: Alg,
+}
+
+impl TokenConfig {
+    /// The longest lifetime of anything a signing key signs.
+    pub fn longest_signed_ttl(&self) -> u64 {
+        self.access_ttl_secs.max(self.id_ttl_secs)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PepperSource {
+    /// Given in config/env or read from a file.
+    Provided(Secret),
+    /// Dev profile without a pepper: generated into (or read from) this file.
+    GenerateInto(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    pub pepper: PepperSource,
+}
+
+impl Config {
+    /// Load `path` (which must exist) and apply `LATCHKEY_*` overrides from `env`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parse TOML text, overlay the environment, validate.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        raw.validate()
+    }
+}
+
+/// Overlay environment variables onto the parsed TOML table.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    // Sorted so that the outcome never depends on the environment's order.
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .filter(|(k, _)| !ENV_NOT_CONFIG.iter().any(|skip| k.starts_with(skip)))
+        .collect();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(invalid(format!("malformed environment override {name}")));
+        }
+        let mut node = &mut *table;
+        for section in &path[..path.len() - 1] {
+            let entry = node
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry
+                .as_table_mut()
+                .ok_or_else(|| invalid(format!("{name}: `{section}` is not a section")))?;
+        }
+        if let Some(key) = path.last() {
+            node.insert(key.clone(), env_value(&value));
+        }
+    }
+    Ok(())
+}
+
+/// Environment values are text; numbers and booleans are recognised so that
+/// `LATCHKEY_TOKENS__ACCESS_TTL_SECS=60` fills an integer key.
+fn env_value(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match value {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value.to_string()),
+    }
+}
+
+fn parse_alg(s: &str, what: &str) -> Result<Alg, ConfigError> {
+    Alg::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "{what}: unsupported algorithm {s:?} (use RS256 or ES256)"
+        ))
+    })
+}
+
+fn nonzero(v: u64, what: &str) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(invalid(format!("{what} must be greater than zero")))
+    } else {
+        Ok(v)
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let profile = match self.profile.as_str() {
+            "dev" => Profile::Dev,
+            "prod" => Profile::Prod,
+            other => {
+                return Err(invalid(format!(
+                    "profile must be dev or prod, not {other:?}"
+                )));
+            }
+        };
+
+        let issuer = validate_issuer(&self.issuer, profile)?;
+
+        let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
+            invalid(format!(
+                "server.bind {:?} is not host:port",
+                self.server.bind
+            ))
+        })?;
+        let max_body_bytes = usize::try_from(nonzero(
+            self.server.max_body_bytes,
+            "server.max_body_bytes",
+        )?)
+        .map_err(|_| invalid("server.max_body_bytes is too large"))?;
+
+        let url = parse_database_url(&self.database.url)?;
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections must be at least 1"));
+        }
+
+        let tokens = TokenConfig {
+            access_ttl_secs: bounded(
+                self.tokens.access_ttl_secs,
+                1,
+                86_400,
+                "tokens.access_ttl_secs",
+            )?,
+            id_ttl_secs: bounded(self.tokens.id_ttl_secs, 1, 86_400, "tokens.id_ttl_secs")?,
+            refresh_idle_ttl_secs: nonzero(
+                self.tokens.refresh_idle_ttl_secs,
+                "tokens.refresh_idle_ttl_secs",
+            )?,
+            refresh_absolute_ttl_secs: nonzero(
+                self.tokens.refresh_absolute_ttl_secs,
+                "tokens.refresh_absolute_ttl_secs",
+            )?,
+            audience: self.tokens.audience.unwrap_or_else(|| issuer.clone()),
+            default_alg: parse_alg(&self.tokens.default_alg, "tokens.default_alg")?,
+        };
+        if tokens.refresh_idle_ttl_secs > tokens.refresh_absolute_ttl_secs {
+            return Err(invalid(
+                "tokens.refresh_idle_ttl_secs must not exceed tokens.refresh_absolute_ttl_secs",
+            ));
+        }
+        if tokens.audience.is_empty() {
+            return Err(invalid("tokens.audience must not be empty"));
+        }
+
+        let keys = self.keys.validate(&tokens)?;
+
+        let pepper = match (self.security.pepper, self.security.pepper_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "set security.pepper or security.pepper_file, not both",
+                ));
+            }
+            (Some(p), None) => PepperSource::Provided(Secret::new(p.into_bytes())),
+            (None, Some(file)) => {
+                let bytes = std::fs::read(&file).map_err(|e| {
+                    invalid(format!("cannot read security.pepper_file {file}: {e}"))
+                })?;
+                let trimmed = bytes.trim_ascii_end().to_vec();
+                PepperSource::Provided(Secret::new(trimmed))
+            }
+            (None, None) => match profile {
+                Profile::Dev => PepperSource::GenerateInto(keys.dir.join("pepper")),
+                Profile::Prod => {
+                    return Err(invalid(
+                        "profile prod requires a pepper: set LATCHKEY_SECURITY__PEPPER or security.pepper_file",
+                    ));
+                }
+            },
+        };
+        if let PepperSource::Provided(p) = &pepper
+            && p.expose().len() < 32
+        {
+            return Err(invalid("the pepper must be at least 32 bytes"));
+        }
+
+        Ok(Config {
+            issuer,
+            profile,
+            server: ServerConfig {
+                bind,
+                max_body_bytes,
+            },
+            database: DatabaseConfig {
+                url,
+                max_connections: self.database.max_connections,
+            },
+            keys,
+            tokens,
+            security: SecurityConfig { pepper },
+        })
+    }
+}
+
+impl RawKeys {
+    fn validate(self, tokens: &TokenConfig) -> Result<KeysConfig, ConfigError> {
+        let jwks_max_age_secs = self.jwks_max_age_secs;
+        let reload_interval_secs = bounded(
+            self.reload_interval_secs,
+            1,
+            300,
+            "keys.reload_interval_secs",
+        )?;
+        let safety_margin_secs = nonzero(self.safety_margin_secs, "keys.safety_margin_secs")?;
+        let kms = match self.kms.as_str() {
+            "local" => KmsConfig::Local,
+            "aws" => KmsConfig::Aws(self.aws.validate()?),
+            other => {
+                return Err(invalid(format!(
+                    "keys.kms must be local or aws, not {other:?}"
+                )));
+            }
+        };
+        // A verifier may hold a JWKS for max-age, and a replica may run on a ring
+        // up to one reload interval old: publication must outlast both.
+        let min_lead = jwks_max_age_secs + reload_interval_secs + safety_margin_secs;
+        let min_retention = tokens.longest_signed_ttl() + min_lead;
+        let policy = |raw: RawKeyPolicy, name: &str| -> Result<KeyPolicy, ConfigError> {
+            let schedule: cron::Schedule = raw.schedule.parse().map_err(|e| {
+                invalid(format!(
+                    "keys.{name}.schedule {:?} is not a cron expression (six fields, sec min hour dom month dow, or @daily/@weekly/@monthly): {e}",
+                    raw.schedule
+                ))
+            })?;
+            if raw.lead_secs < min_lead {
+                return Err(invalid(format!(
+                    "keys.{name}.lead_secs = {} is shorter than jwks_max_age_secs + reload_interval_secs + safety_margin_secs = {min_lead}: verifiers could see tokens signed by a key they have not fetched",
+                    raw.lead_secs
+                )));
+            }
+            if raw.retention_secs < min_retention {
+                return Err(invalid(format!(
+                    "keys.{name}.retention_secs = {} is shorter than the longest token lifetime + jwks_max_age_secs + reload_interval_secs + safety_margin_secs = {min_retention}: tokens would outlive their key",
+                    raw.retention_secs
+                )));
+            }
+            if !matches!(raw.rsa_bits, 2048 | 3072 | 4096) {
+                return Err(invalid(format!(
+                    "keys.{name}.rsa_bits must be 2048, 3072 or 4096"
+                )));
+            }
+            Ok(KeyPolicy {
+                schedule_expr: raw.schedule,
+                schedule,
+                lead_secs: raw.lead_secs,
+                retention_secs: raw.retention_secs,
+                rsa_bits: raw.rsa_bits,
+            })
+        };
+        Ok(KeysConfig {
+            dir: PathBuf::from(self.dir),
+            kms,
+            jwks_max_age_secs,
+            reload_interval_secs,
+            safety_margin_secs,
+            rs256: policy(self.rs256, "rs256")?,
+            es256: policy(self.es256, "es256")?,
+        })
+    }
+}
+
+impl RawAws {
+    fn validate(self) -> Result<AwsKmsConfig, ConfigError> {
+        let mode = match self.mode.as_deref().unwrap_or("envelope") {
+            "envelope" => AwsMode::Envelope,
+            "native" => AwsMode::Native,
+            other => {
+                return Err(invalid(format!(
+                    "keys.aws.mode must be envelope or native, not {other:?}"
+                )));
+            }
+        };
+        let region = self
+            .region
+            .ok_or_else(|| invalid("keys.aws.region is required with keys.kms = \"aws\""))?;
+        if mode == AwsMode::Envelope && self.key_id.is_none() {
+            return Err(invalid(
+                "keys.aws.key_id (the wrapping key) is required in envelope mode",
+            ));
+        }
+        let credentials = match (self.access_key_id, self.secret_access_key) {
+            (Some(id), Some(secret)) => Some((id, Secret::new(secret.into_bytes()))),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "set both keys.aws.access_key_id and keys.aws.secret_access_key, or neither",
+                ));
+            }
+        };
+        Ok(AwsKmsConfig {
+            mode,
+            region,
+            endpoint_url: self.endpoint_url,
+            key_id: self.key_id,
+            credentials,
+        })
+    }
+}
+
+fn bounded(v: u64, min: u64, max: u64, what: &str) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(format!(
+            "{what} must be between {min} and {max}, got {v}"
+        )))
+    }
+}
+
+fn validate_issuer(issuer: &str, profile: Profile) -> Result<String, ConfigError> {
+    let rest = if let Some(r) = issuer.strip_prefix("https://") {
+        r
+    } else if let Some(r) = issuer.strip_prefix("http://") {
+        if profile == Profile::Prod {
+            return Err(invalid("profile prod requires an https issuer"));
+        }
+        r
+    } else {
+        return Err(invalid(format!(
+            "issuer {issuer:?} must start with https:// (or http:// in dev)"
+        )));
+    };
+    // OIDC Discovery: the issuer has no query or fragment, and identifiers are
+    // compared as exact strings, so it is echoed exactly as configured.
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) || issuer.len() > 512 {
+        return Err(invalid(format!(
+            "issuer {issuer:?} must be a URL with a host and no query or fragment"
+        )));
+    }
+    Ok(issuer.to_string())
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(invalid("database.url sqlite:// needs a file path"));
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseUrl::Postgres(url.to_string()))
+    } else {
+        Err(invalid(
+            "database.url must start with sqlite:// or postgres://",
+        ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "issuer = \"http://127.0.0.1:8080\"\n";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_profile() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.issuer, "http://127.0.0.1:8080");
+        assert!(
+            matches!(c.database.url, DatabaseUrl::Sqlite(ref p) if p == Path::new("data/latchkey.db"))
+        );
+        assert_eq!(c.tokens.access_ttl_secs, 600);
+        assert_eq!(c.tokens.audience, "http://127.0.0.1:8080");
+        assert!(
+            matches!(c.security.pepper, PepperSource::GenerateInto(ref p) if p == Path::new("keys/pepper"))
+        );
+    }
+
+    #[test]
+    fn env_overrides_nested_and_top_level_keys() {
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_ISSUER", "https://id.example.com"),
+                ("LATCHKEY_SERVER__BIND", "0.0.0.0:9000"),
+                ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "120"),
+                ("LATCHKEY_KEYS__ES256__RSA_BITS", "3072"),
+                ("LATCHKEY_TEST_DATABASE_URL", "postgres://ignored"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.issuer, "https://id.example.com");
+        assert_eq!(c.server.bind.port(), 9000);
+        assert_eq!(c.tokens.access_ttl_secs, 120);
+        assert_eq!(c.keys.es256.rsa_bits, 3072);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err =
+            Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_SERVER__BINDD", "x")])).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+        let err = Config::from_toml_str(
+            "issuer = \"http://a\"\n[tokens]\naccess_ttl = 5\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("access_ttl"), "{err}");
+    }
+
+    #[test]
+    fn prod_requires_pepper_and_https() {
+        let err = Config::from_toml_str(
+            "issuer = \"https://id.example\"\nprofile = \"prod\"\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pepper"), "{err}");
+        let err = Config::from_toml_str(
+            "issuer = \"http://id.example\"\nprofile = \"prod\"\n",
+            env(&[(
+                "LATCHKEY_SECURITY__PEPPER",
+                "0123456789abcdef0123456789abcdef",
+            )]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let ok = Config::from_toml_str(
+            "issuer = \"https://id.example\"\nprofile = \"prod\"\n",
+            env(&[(
+                "LATCHKEY_SECURITY__PEPPER",
+                "0123456789abcdef0123456789abcdef",
+            )]),
+        )
+        .unwrap();
+        assert!(matches!(ok.security.pepper, PepperSource::Provided(_)));
+        assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn short_pepper_is_refused() {
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_SECURITY__PEPPER", "short")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn lead_shorter_than_max_age_is_refused() {
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "3600"),
+                ("LATCHKEY_KEYS__RS256__LEAD_SECS", "3000"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("keys.rs256.lead_secs"), "{err}");
+    }
+
+    #[test]
+    fn retention_shorter_than_token_lifetime_is_refused() {
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "86400"),
+                ("LATCHKEY_KEYS__ES256__RETENTION_SECS", "86400"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("keys.es256.retention_secs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn five_field_cron_is_refused_with_a_hint() {
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_KEYS__RS256__SCHEDULE", "0 0 1 * *")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("six fields"), "{err}");
+    }
+
+    #[test]
+    fn bad_database_url_is_refused() {
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_DATABASE__URL", "mysql://x")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("sqlite:// or postgres://"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! The axum edge: the router, request extraction and response rendering.
+//!
+//! Handlers parse input into typed values (`oauth::request`), call one service
+//! (`grant`, `keyring`, `token::verify`, `store`) and render the result. Only
+//! this module knows status codes and headers; no handler contains policy.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod token;
+pub mod userinfo;
+pub mod wellknown;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::app::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(wellknown::discovery),
+        )
+        .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/token", post(token::token))
+        .route("/revoke", post(token::revoke))
+        .route("/introspect", post(token::introspect))
+        .route(
+            "/userinfo",
+            get(userinfo::userinfo).post(userinfo::userinfo),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/admin/keys", get(admin::list_keys))
+        .route("/admin/keys/schedule", get(admin::schedule))
+        .route("/admin/keys/rotate", post(admin::rotate))
+        .route("/admin/keys/{kid}/retire", post(admin::retire))
+        .route("/admin/events", get(admin::events))
+        .with_state(state)
+}

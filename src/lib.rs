@@ -1,0 +1,27 @@
+//! latchkey: an OIDC-style identity provider with a rotating, KMS-backed
+//! signing key ring.
+//!
+//! A token request flows one way, one hop per module:
+//!
+//! ```text
+//! http::token  →  oauth::request (parse once)  →  grant (client auth, grant
+//! type check, one file per grant, scope policy)  →  store (users, clients,
+//! refresh families)  →  token (claims)  →  keyring (sign with the in-memory
+//! active key)  →  http::error / JSON response
+//! ```
+//!
+//! The key ring lives in memory ([`keyring::KeyRing`]), rebuilt from the database
+//! when its version moves; [`keyring::scheduler`] applies lifecycle transitions
+//! ([`keyring::lifecycle`]) in locked transactions. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod grant;
+pub mod http;
+pub mod keyring;
+pub mod oauth;
+pub mod secret;
+pub mod store;
+pub mod token;

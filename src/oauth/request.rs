@@ -1,0 +1,408 @@
+//! The token request, parsed once at the edge (RFC 6749 §3.2, §4.3, §4.4, §6).
+//!
+//! [`parse_token_request`] turns the raw form body and `Authorization` header into
+//! a typed [`TokenRequest`] and [`ClientAuth`]. Grants never see the raw form. All
+//! length limits live here so that nothing downstream handles unbounded input.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+
+use super::{Error, ErrorCode, Scope};
+
+pub const MAX_USERNAME_LEN: usize = 256;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+pub const MAX_CLIENT_SECRET_LEN: usize = 256;
+pub const MAX_REFRESH_TOKEN_LEN: usize = 512;
+/// Most form parameters accepted in one request.
+const MAX_PARAMS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    Password,
+    RefreshToken,
+    ClientCredentials,
+}
+
+impl GrantType {
+    pub const ALL: [GrantType; 3] = [Self::Password, Self::RefreshToken, Self::ClientCredentials];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+/// A password that is never printed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+/// One grant's parameters, validated for shape (not yet for meaning).
+#[derive(Debug)]
+pub enum TokenRequest {
+    Password {
+        username: String,
+        password: Password,
+        scope: Option<Scope>,
+    },
+    RefreshToken {
+        refresh_token: Password,
+        scope: Option<Scope>,
+    },
+    ClientCredentials {
+        scope: Option<Scope>,
+    },
+}
+
+impl TokenRequest {
+    pub fn grant_type(&self) -> GrantType {
+        match self {
+            Self::Password { .. } => GrantType::Password,
+            Self::RefreshToken { .. } => GrantType::RefreshToken,
+            Self::ClientCredentials { .. } => GrantType::ClientCredentials,
+        }
+    }
+
+    pub fn scope(&self) -> Option<&Scope> {
+        match self {
+            Self::Password { scope, .. }
+            | Self::RefreshToken { scope, .. }
+            | Self::ClientCredentials { scope } => scope.as_ref(),
+        }
+    }
+}
+
+/// How the client said who it is (RFC 6749 §2.3.1; OIDC Core §9 method names).
+#[derive(Debug)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the form-encoded id and secret.
+    Basic { client_id: String, secret: Password },
+    /// `client_secret_post`: `client_id` and `client_secret` in the body.
+    Post { client_id: String, secret: Password },
+    /// `none`: a public client naming itself with `client_id` only.
+    None { client_id: String },
+}
+
+impl ClientAuth {
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::Basic { client_id, .. }
+            | Self::Post { client_id, .. }
+            | Self::None { client_id } => client_id,
+        }
+    }
+
+    pub fn used_basic(&self) -> bool {
+        matches!(self, Self::Basic { .. })
+    }
+}
+
+/// Decoded form parameters: each name at most once, empty values dropped
+/// ("parameters sent without a value MUST be treated as if they were omitted").
+#[derive(Debug, Default)]
+pub struct Form(HashMap<String, String>);
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+            Error::invalid_request("the body is not a valid application/x-www-form-urlencoded form")
+        })?;
+        if pairs.len() > MAX_PARAMS {
+            return Err(Error::invalid_request("too many parameters"));
+        }
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if v.is_empty() {
+                continue;
+            }
+            if map.contains_key(&k) {
+                return Err(Error::invalid_request(format!(
+                    "parameter {} is repeated",
+                    short(&k)
+                )));
+            }
+            map.insert(k, v);
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    fn take_bounded(&mut self, name: &str, max: usize) -> Result<Option<String>, Error> {
+        match self.take(name) {
+            Some(v) if v.len() > max => Err(Error::invalid_request(format!(
+                "parameter {name} is too long"
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn require(&mut self, name: &'static str, max: usize) -> Result<String, Error> {
+        self.take_bounded(name, max)?
+            .ok_or_else(|| Error::invalid_request(format!("missing required parameter {name}")))
+    }
+
+    fn scope(&mut self) -> Result<Option<Scope>, Error> {
+        self.take("scope").map(|s| Scope::parse(&s)).transpose()
+    }
+}
+
+/// Echo at most a short, printable prefix of client-supplied text in errors.
+fn short(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(32).collect()
+}
+
+/// Parse a token-endpoint request.
+pub fn parse_token_request(
+    body: &[u8],
+    authorization: Option<&str>,
+) -> Result<(ClientAuth, TokenRequest), Error> {
+    let mut form = Form::parse(body)?;
+    let client = client_auth(&mut form, authorization)?;
+    let grant = form
+        .take("grant_type")
+        .ok_or_else(|| Error::invalid_request("missing required parameter grant_type"))?;
+    let request = match GrantType::parse(&grant) {
+        Some(GrantType::Password) => TokenRequest::Password {
+            username: form.require("username", MAX_USERNAME_LEN)?,
+            password: Password::new(form.require("password", MAX_PASSWORD_LEN)?),
+            scope: form.scope()?,
+        },
+        Some(GrantType::RefreshToken) => TokenRequest::RefreshToken {
+            refresh_token: Password::new(form.require("refresh_token", MAX_REFRESH_TOKEN_LEN)?),
+            scope: form.scope()?,
+        },
+        Some(GrantType::ClientCredentials) => TokenRequest::ClientCredentials {
+            scope: form.scope()?,
+        },
+        None => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant_type {} is not supported", short(&grant)),
+            ));
+        }
+    };
+    Ok((client, request))
+}
+
+/// Work out which client authentication method was used; more than one is an
+/// error (RFC 6749 §2.3: "MUST NOT use more than one authentication method").
+pub fn client_auth(form: &mut Form, authorization: Option<&str>) -> Result<ClientAuth, Error> {
+    let form_id = form.take_bounded("client_id", MAX_CLIENT_ID_LEN)?;
+    let form_secret = form.take_bounded("client_secret", MAX_CLIENT_SECRET_LEN)?;
+    if let Some(header) = authorization {
+        let (id, secret) = parse_basic(header)?;
+        if form_secret.is_some() {
+            return Err(Error::invalid_request(
+                "use one client authentication method, not two",
+            ));
+        }
+        if form_id.as_deref().is_some_and(|f| f != id) {
+            return Err(Error::invalid_request(
+                "client_id in the body differs from the Authorization header",
+            ));
+        }
+        return Ok(ClientAuth::Basic {
+            client_id: id,
+            secret: Password::new(secret),
+        });
+    }
+    match (form_id, form_secret) {
+        (Some(client_id), Some(secret)) => Ok(ClientAuth::Post {
+            client_id,
+            secret: Password::new(secret),
+        }),
+        (Some(client_id), None) => Ok(ClientAuth::None { client_id }),
+        (None, Some(_)) => Err(Error::invalid_request("client_secret without client_id")),
+        (None, None) => Err(Error::invalid_client("client authentication is required")),
+    }
+}
+
+/// Decode `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
+fn parse_basic(header: &str) -> Result<(String, String), Error> {
+    let bad = || Error::invalid_client("malformed Basic authorization header");
+    let (scheme, value) = header.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(Error::invalid_client(
+            "unsupported authorization scheme; use Basic",
+        ));
+    }
+    let value = value.trim();
+    if value.len() > 4 * (MAX_CLIENT_ID_LEN + MAX_CLIENT_SECRET_LEN) {
+        return Err(Error::invalid_request("Authorization header is too long"));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let id = form_decode(id).ok_or_else(bad)?;
+    let secret = form_decode(secret).ok_or_else(bad)?;
+    if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN || secret.len() > MAX_CLIENT_SECRET_LEN {
+        return Err(bad());
+    }
+    Ok((id, secret))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one component.
+fn form_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn basic(id: &str, secret: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    }
+
+    #[test]
+    fn password_grant_with_basic_auth() {
+        let (client, req) = parse_token_request(
+            b"grant_type=password&username=alice&password=p%40ss+word&scope=openid+api%3Aread",
+            Some(&basic("my%20app", "s%3Acret")),
+        )
+        .unwrap();
+        assert!(
+            matches!(client, ClientAuth::Basic { ref client_id, ref secret } if client_id == "my app" && secret.expose() == "s:cret")
+        );
+        match req {
+            TokenRequest::Password {
+                username,
+                password,
+                scope,
+            } => {
+                assert_eq!(username, "alice");
+                assert_eq!(password.expose(), "p@ss word");
+                assert_eq!(scope.unwrap().to_string(), "api:read openid");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_parameter_is_invalid_request() {
+        let err = parse_token_request(b"grant_type=password&grant_type=password&client_id=a", None)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert!(err.description.contains("repeated"));
+    }
+
+    #[test]
+    fn two_auth_methods_are_rejected() {
+        let err = parse_token_request(
+            b"grant_type=client_credentials&client_secret=x",
+            Some(&basic("a", "b")),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn no_client_is_invalid_client() {
+        let err = parse_token_request(b"grant_type=client_credentials", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient);
+    }
+
+    #[test]
+    fn unknown_grant_is_unsupported() {
+        let err = parse_token_request(b"grant_type=urn%3Afoo&client_id=a", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedGrantType);
+    }
+
+    #[test]
+    fn missing_and_oversized_parameters() {
+        let err =
+            parse_token_request(b"grant_type=password&client_id=a&username=u", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert!(err.description.contains("password"));
+        let long = format!(
+            "grant_type=password&client_id=a&password=x&username={}",
+            "u".repeat(MAX_USERNAME_LEN + 1)
+        );
+        let err = parse_token_request(long.as_bytes(), None).unwrap_err();
+        assert!(err.description.contains("too long"));
+    }
+
+    #[test]
+    fn empty_values_count_as_absent() {
+        let (client, req) = parse_token_request(
+            b"grant_type=client_credentials&client_id=a&client_secret=&scope=",
+            None,
+        )
+        .unwrap();
+        assert!(matches!(client, ClientAuth::None { .. }));
+        assert!(req.scope().is_none());
+    }
+
+    #[test]
+    fn malformed_basic_header() {
+        for h in [
+            "Basic !!!",
+            "Bearer abc",
+            "Basic",
+            &basic("", "x"),
+            "Basic Zm9v",
+        ] {
+            let err = parse_token_request(b"grant_type=client_credentials", Some(h)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidClient, "{h}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_body_is_invalid_request() {
+        let err = parse_token_request(b"grant_type=%FF%FE", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+    }
+}

@@ -1,0 +1,92 @@
+//! OAuth clients. Secrets are stored only as keyed digests.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Result, Store, StoreError};
+use crate::clock::UnixTime;
+
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    pub client_id: String,
+    /// HMAC-SHA-256 of the secret; `None` for public clients.
+    pub secret_digest: Option<Vec<u8>>,
+    pub is_public: bool,
+    /// Space-separated grant type names.
+    pub grant_types: String,
+    /// Space-separated scopes the client may request.
+    pub scopes: String,
+    pub token_alg: String,
+    pub created_at: UnixTime,
+}
+
+fn client(row: &AnyRow) -> Result<ClientRow> {
+    Ok(ClientRow {
+        client_id: row.try_get("client_id")?,
+        secret_digest: row.try_get("secret_digest")?,
+        is_public: row.try_get::<i64, _>("is_public")? != 0,
+        grant_types: row.try_get("grant_types")?,
+        scopes: row.try_get("scopes")?,
+        token_alg: row.try_get("token_alg")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    pub async fn create_client(&self, c: &ClientRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.client_id)
+        .bind(c.secret_digest.clone())
+        .bind(super::flag(c.is_public))
+        .bind(&c.grant_types)
+        .bind(&c.scopes)
+        .bind(&c.token_alg)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::conflict_or(e, format!("client {}", c.client_id)))?;
+        Ok(())
+    }
+
+    pub async fn find_client(&self, client_id: &str) -> Result<Option<ClientRow>> {
+        let row = sqlx::query(
+            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at \
+             FROM clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(client).transpose()
+    }
+
+    pub async fn list_clients(&self) -> Result<Vec<ClientRow>> {
+        let rows = sqlx::query(
+            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at \
+             FROM clients ORDER BY client_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(client).collect()
+    }
+
+    /// Every scope some client may request, for the discovery document.
+    pub async fn all_client_scopes(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT scopes FROM clients")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<String> = Vec::new();
+        for r in rows {
+            let s: String = r.try_get("scopes")?;
+            for t in s.split(' ').filter(|t| !t.is_empty()) {
+                if !out.iter().any(|o| o == t) {
+                    out.push(t.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,129 @@
+//! Users and their roles.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{Result, Store, StoreError};
+use crate::clock::UnixTime;
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub disabled: bool,
+    pub created_at: UnixTime,
+}
+
+fn user(row: &AnyRow) -> Result<UserRow> {
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        email: row.try_get("email")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, username, password_hash, email, disabled, created_at";
+
+impl Store {
+    pub async fn create_user(
+        &self,
+        id: &str,
+        username: &str,
+        password_hash: &str,
+        email: Option<&str>,
+        roles: &[String],
+        now: UnixTime,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, email, disabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(password_hash)
+        .bind(email)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::conflict_or(e, format!("user {username}")))?;
+        for role in roles {
+            sqlx::query("INSERT INTO user_roles (user_id, role) VALUES ($1, $2)")
+                .bind(id)
+                .bind(role)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn find_user_by_username(&self, username: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user).transpose()
+    }
+
+    pub async fn find_user(&self, id: &str) -> Result<Option<UserRow>> {
+        let mut conn = self.pool.acquire().await?;
+        find_user_on(&mut conn, id).await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user).collect()
+    }
+
+    /// The user's roles, sorted.
+    pub async fn user_roles(&self, user_id: &str) -> Result<Vec<String>> {
+        let mut conn = self.pool.acquire().await?;
+        user_roles_on(&mut conn, user_id).await
+    }
+
+    pub async fn set_user_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
+                .bind(super::flag(disabled))
+                .bind(now)
+                .bind(username)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+pub(super) async fn find_user_on(conn: &mut AnyConnection, id: &str) -> Result<Option<UserRow>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(user).transpose()
+}
+
+pub(super) async fn user_roles_on(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT role FROM user_roles WHERE user_id = $1 ORDER BY role")
+        .bind(user_id)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("role")?)).collect()
+}

@@ -1,0 +1,106 @@
+//! Token minting and checking: claims of access tokens (RFC 9068) and ID
+//! tokens (OIDC Core §2), signed by the key ring; and verification of latchkey's
+//! own access tokens for userinfo and introspection.
+//!
+//! This module decides claim contents and lifetimes; it never touches SQL or
+//! HTTP, and it signs only through [`crate::keyring::KeyRing`].
+
+pub mod claims;
+pub mod verify;
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::TokenConfig;
+use crate::keyring::{Alg, KeyRing, RingError};
+use crate::secret;
+pub use claims::{AccessClaims, IdClaims};
+
+/// Who the token is about and what it may do.
+pub struct Grant<'a> {
+    /// The user id, or the client id for client_credentials.
+    pub subject: &'a str,
+    pub client_id: &'a str,
+    pub scope: String,
+    pub roles: Vec<String>,
+    /// The refresh-token family (login session), for user grants.
+    pub session_id: Option<&'a str>,
+}
+
+/// What an ID token states about the user.
+pub struct IdentityInfo<'a> {
+    pub username: &'a str,
+    pub email: Option<&'a str>,
+    pub auth_time: i64,
+    pub include_profile: bool,
+    pub include_email: bool,
+}
+
+#[derive(Clone)]
+pub struct Minter {
+    issuer: Arc<str>,
+    cfg: TokenConfig,
+    ring: Arc<KeyRing>,
+    clock: SharedClock,
+}
+
+impl Minter {
+    pub fn new(issuer: &str, cfg: TokenConfig, ring: Arc<KeyRing>, clock: SharedClock) -> Self {
+        Self {
+            issuer: issuer.into(),
+            cfg,
+            ring,
+            clock,
+        }
+    }
+
+    pub fn access_ttl(&self) -> u64 {
+        self.cfg.access_ttl_secs
+    }
+
+    /// An RFC 9068 access token; returns the JWT and its lifetime in seconds.
+    pub async fn access_token(&self, grant: &Grant<'_>, alg: Alg) -> Result<String, RingError> {
+        let now = self.clock.now();
+        let jti =
+            secret::random_id().map_err(|e| RingError::Corrupt("jti".into(), e.to_string()))?;
+        let claims = AccessClaims {
+            iss: &self.issuer,
+            sub: grant.subject,
+            aud: &self.cfg.audience,
+            exp: now + i64::try_from(self.cfg.access_ttl_secs).unwrap_or(600),
+            iat: now,
+            nbf: now,
+            jti: &jti,
+            client_id: grant.client_id,
+            scope: &grant.scope,
+            roles: &grant.roles,
+            sid: grant.session_id,
+        };
+        self.ring
+            .sign_jwt(alg, claims::ACCESS_TOKEN_TYP, &claims)
+            .await
+    }
+
+    /// An OIDC ID token for `client_id` (its audience).
+    pub async fn id_token(
+        &self,
+        subject: &str,
+        client_id: &str,
+        info: &IdentityInfo<'_>,
+        alg: Alg,
+    ) -> Result<String, RingError> {
+        let now = self.clock.now();
+        let claims = IdClaims {
+            iss: &self.issuer,
+            sub: subject,
+            aud: client_id,
+            exp: now + i64::try_from(self.cfg.id_ttl_secs).unwrap_or(600),
+            iat: now,
+            auth_time: info.auth_time,
+            azp: client_id,
+            preferred_username: info.include_profile.then_some(info.username),
+            email: if info.include_email { info.email } else { None },
+        };
+        self.ring.sign_jwt(alg, "JWT", &claims).await
+    }
+}
