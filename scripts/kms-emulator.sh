@@ -105,7 +105,7 @@ PY
 }
 
 port_in_use() {
-    "$PYTHON" - "$1" <<'PY' >/dev/null 2>&1
+    "$VENV/bin/python" - "$1" <<'PY' >/dev/null 2>&1
 import socket, sys
 s = socket.socket()
 try:

@@ -128,11 +128,29 @@ pub struct Form(HashMap<String, String>);
 
 impl Form {
     pub fn parse(body: &[u8]) -> Result<Self, Error> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+        let malformed = || {
             Error::invalid_request("the body is not a valid application/x-www-form-urlencoded form")
-        })?;
-        if pairs.len() > MAX_PARAMS {
-            return Err(Error::invalid_request("too many parameters"));
+        };
+        // Strict decoding: invalid percent-escapes or UTF-8 are an error, never
+        // silently replaced (a lossy decoder would turn them into other names).
+        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
+        let mut pairs = Vec::new();
+        for part in text.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let (k, v) = (
+                form_decode(k).ok_or_else(malformed)?,
+                form_decode(v).ok_or_else(malformed)?,
+            );
+            // No RFC 6749 parameter syntax (Appendix A) admits NUL, and databases reject it.
+            if k.contains('\0') || v.contains('\0') {
+                return Err(Error::invalid_request(
+                    "parameters must not contain NUL characters",
+                ));
+            }
+            pairs.push((k, v));
+            if pairs.len() > MAX_PARAMS {
+                return Err(Error::invalid_request("too many parameters"));
+            }
         }
         let mut map = HashMap::with_capacity(pairs.len());
         for (k, v) in pairs {
@@ -266,8 +284,12 @@ fn parse_basic(header: &str) -> Result<(String, String), Error> {
         .map_err(|_| bad())?;
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-    let id = form_decode(id).ok_or_else(bad)?;
-    let secret = form_decode(secret).ok_or_else(bad)?;
+    let id = form_decode(id)
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(bad)?;
+    let secret = form_decode(secret)
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(bad)?;
     if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN || secret.len() > MAX_CLIENT_SECRET_LEN {
         return Err(bad());
     }
@@ -398,6 +420,19 @@ mod tests {
             let err = parse_token_request(b"grant_type=client_credentials", Some(h)).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidClient, "{h}");
         }
+    }
+
+    #[test]
+    fn nul_bytes_are_invalid_request() {
+        let err = parse_token_request(
+            b"grant_type=password&client_id=a&username=a%00b&password=x",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        let err = parse_token_request(b"grant_type=client_credentials", Some(&basic("a%00", "b")))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient);
     }
 
     #[test]

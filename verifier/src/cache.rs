@@ -315,9 +315,6 @@ impl KeyCache {
         let Some(source) = &self.source else {
             return cur;
         };
-        if cur.attempt != seen_attempt {
-            return cur;
-        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if reason == Reason::UnknownKid {
             self.counters

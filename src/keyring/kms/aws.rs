@@ -963,6 +963,7 @@ mod tests {
             elapsed >= ATTEMPT_TIMEOUT && elapsed < OPERATION_TIMEOUT + Duration::from_secs(2),
             "took {elapsed:?}"
         );
+        eprintln!("unanswered call gave up after {elapsed:?}: {signed:?}");
         drop(listener);
     }
 

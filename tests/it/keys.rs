@@ -1,0 +1,346 @@
+use serde_json::Value;
+
+use crate::helpers::{Options, PASSWORD, TestApp, jwt_part, verify_with_jsonwebtoken};
+
+/// A fast ring: a 1 s JWKS max-age lets a pre-published key activate after 3 s.
+fn fast_ring() -> Options {
+    Options {
+        keys_toml: "jwks_max_age_secs = 1\nsafety_margin_secs = 1\n".into(),
+        extra_toml: "[keys.rs256]\nlead_secs = 3\nretention_secs = 700\n[keys.es256]\nlead_secs = 3\nretention_secs = 700\n"
+            .into(),
+        ..Default::default()
+    }
+}
+
+async fn keys_json(app: &TestApp) -> Vec<Value> {
+    let out = app.cli(&["keys", "list", "--json"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+async fn cli_json(app: &TestApp, args: &[&str]) -> Value {
+    let out = app.cli(args, None).await;
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn rs256_token(app: &TestApp, secret: &str) -> String {
+    app.login(("web", secret), "alice", PASSWORD, "api:read")
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn keys_list_uses_wire_names() {
+    let app = TestApp::spawn().await;
+    let keys = keys_json(&app).await;
+    assert_eq!(keys.len(), 2);
+    for k in &keys {
+        assert!(k["kid"].is_string() && k["created_at"].is_i64());
+        assert_eq!(k["state"], "active");
+        assert_eq!(k["kms_provider"], "local");
+    }
+    let mut algs: Vec<&str> = keys.iter().map(|k| k["alg"].as_str().unwrap()).collect();
+    algs.sort();
+    assert_eq!(algs, ["ES256", "RS256"]);
+}
+
+#[tokio::test]
+async fn rotate_prepublishes_then_activates_and_old_tokens_keep_verifying() {
+    let app = TestApp::spawn_with(fast_ring()).await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password", "api:read", "RS256")
+        .await;
+    let old_token = rs256_token(&app, &secret).await;
+    let old_kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_string();
+
+    let out = cli_json(&app, &["keys", "rotate", "--alg", "RS256", "--json"]).await;
+    assert_eq!(out["state"], "pending");
+    let new_kid = out["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+
+    // The running server picks the CLI's change up and publishes the new key
+    // before it signs anything.
+    app.wait_for_ring("new key published", |r| r.key(&new_kid).is_some())
+        .await;
+    let kids = app.kids().await;
+    assert!(kids.contains(&new_kid) && kids.contains(&old_kid));
+    assert_eq!(
+        jwt_part(&rs256_token(&app, &secret).await, 0)["kid"],
+        old_kid.as_str(),
+        "pending keys do not sign"
+    );
+
+    // After the lead the scheduler activates it; the old key turns retiring
+    // and stays published.
+    app.wait_for_ring("new key active", |r| {
+        r.active(latchkey::keyring::Alg::Rs256)
+            .is_some_and(|k| k.kid() == new_kid)
+    })
+    .await;
+    let new_token = rs256_token(&app, &secret).await;
+    assert_eq!(jwt_part(&new_token, 0)["kid"], new_kid.as_str());
+    let jwks = app.jwks().await;
+    verify_with_jsonwebtoken(&jwks, &old_token, &app.issuer, &app.issuer)
+        .expect("old token still verifies");
+    verify_with_jsonwebtoken(&jwks, &new_token, &app.issuer, &app.issuer)
+        .expect("new token verifies");
+    let states: Vec<(String, String)> = keys_json(&app)
+        .await
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_string(),
+                k["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(old_kid.clone(), "retiring".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(new_kid.clone(), "active".into())),
+        "{states:?}"
+    );
+
+    // Retiring the old key unpublishes it; its tokens stop verifying.
+    let out = app.cli(&["keys", "retire", &old_kid, "--json"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING"),
+        "retiring before retention warns"
+    );
+    app.wait_for_ring("old key gone", |r| r.key(&old_kid).is_none())
+        .await;
+    let jwks = app.jwks().await;
+    assert!(!app.kids().await.contains(&old_kid));
+    assert!(verify_with_jsonwebtoken(&jwks, &old_token, &app.issuer, &app.issuer).is_err());
+    verify_with_jsonwebtoken(&jwks, &new_token, &app.issuer, &app.issuer)
+        .expect("new token unaffected");
+}
+
+#[tokio::test]
+async fn rotate_now_signs_at_once_and_keeps_the_old_key_published() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password", "api:read", "RS256")
+        .await;
+    let old_token = rs256_token(&app, &secret).await;
+    let old_kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_string();
+    let out = cli_json(&app, &["keys", "rotate", "--now", "--json"]).await;
+    assert_eq!(out["state"], "active");
+    assert_eq!(out["replaced"], old_kid.as_str());
+    let new_kid = out["kid"].as_str().unwrap().to_string();
+    app.wait_for_ring("new key active", |r| r.key(&new_kid).is_some())
+        .await;
+    let kids = app.kids().await;
+    assert!(kids.contains(&old_kid) && kids.contains(&new_kid));
+    let new_token = rs256_token(&app, &secret).await;
+    assert_eq!(jwt_part(&new_token, 0)["kid"], new_kid.as_str());
+    let jwks = app.jwks().await;
+    verify_with_jsonwebtoken(&jwks, &old_token, &app.issuer, &app.issuer).unwrap();
+    verify_with_jsonwebtoken(&jwks, &new_token, &app.issuer, &app.issuer).unwrap();
+}
+
+#[tokio::test]
+async fn retiring_the_active_key_needs_emergency_and_replaces_it() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password,refresh_token", "openid api:read", "RS256")
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "openid api:read")
+        .await;
+    let old_token = login["access_token"].as_str().unwrap().to_string();
+    let kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_string();
+
+    let out = app.cli(&["keys", "retire", &kid], None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--emergency"));
+    assert!(
+        app.kids().await.contains(&kid),
+        "refused retirement changed nothing"
+    );
+
+    let out = app
+        .cli(&["keys", "retire", &kid, "--emergency", "--json"], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replacement = v["replacement"].as_str().unwrap().to_string();
+    app.wait_for_ring("compromised key gone", |r| {
+        r.key(&kid).is_none() && r.key(&replacement).is_some()
+    })
+    .await;
+    assert!(!app.kids().await.contains(&kid));
+
+    // Tokens the compromised key signed are now rejected by latchkey itself.
+    let r = app
+        .http
+        .get(app.url("/userinfo"))
+        .bearer_auth(&old_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .http
+        .post(app.url("/introspect"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", old_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["active"], false);
+    // The session itself survives: refresh issues tokens from the replacement.
+    let r = app
+        .refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), 200);
+    let at = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(jwt_part(&at, 0)["kid"], replacement.as_str());
+
+    let events = cli_json(&app, &["events", "list", "--json"]).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "key.retire_emergency" && e["subject"] == kid.as_str()),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_sessions_and_keys() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password,refresh_token", "openid api:read", "ES256")
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "openid api:read")
+        .await;
+    let kids_before = app.kids().await;
+    let issuer = app.issuer.clone();
+    let (env, port) = app.stop().await;
+
+    let app = TestApp::spawn_in(
+        env,
+        Options {
+            port: Some(port),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(app.issuer, issuer);
+    assert_eq!(
+        app.kids().await,
+        kids_before,
+        "the same keys, reloaded from the database"
+    );
+    let jwks = app.jwks().await;
+    verify_with_jsonwebtoken(
+        &jwks,
+        login["access_token"].as_str().unwrap(),
+        &issuer,
+        &issuer,
+    )
+    .expect("an access token from before the restart verifies");
+    let r = app
+        .refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a refresh token from before the restart works"
+    );
+}
+
+#[tokio::test]
+async fn cli_rejects_bad_input_clearly() {
+    let app = TestApp::spawn().await;
+    let out = app
+        .cli(
+            &["users", "create", "bad name", "--password-stdin"],
+            Some(PASSWORD),
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid username"));
+    let out = app
+        .cli(&["users", "create", "bob", "--password-stdin"], Some(""))
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    app.create_user("carol", PASSWORD, &[]).await;
+    let out = app
+        .cli(
+            &["users", "create", "carol", "--password-stdin"],
+            Some(PASSWORD),
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = app
+        .cli(
+            &[
+                "clients",
+                "create",
+                "x",
+                "--public",
+                "--grant-types",
+                "client_credentials",
+                "--scopes",
+                "a",
+            ],
+            None,
+        )
+        .await;
+    assert!(!out.status.success());
+    let out = app
+        .cli(
+            &[
+                "clients",
+                "create",
+                "x",
+                "--grant-types",
+                "implicit",
+                "--scopes",
+                "a",
+            ],
+            None,
+        )
+        .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown grant type"));
+    let out = app.cli(&["keys", "rotate", "--alg", "HS256"], None).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RS256 or ES256"));
+    let out = app.cli(&["keys", "retire", "no-such-kid"], None).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with kid"));
+}

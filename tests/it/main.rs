@@ -1,0 +1,24 @@
+//! The one integration-test binary: every test starts a real latchkey on a
+//! loopback port with a fresh database (SQLite, or PostgreSQL when
+//! `LATCHKEY_TEST_DATABASE_URL` is set).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod helpers;
+
+// Discovery document and JWKS shape, caching headers.
+mod wellknown;
+// Token endpoint: grants, client authentication, every RFC 6749 error, bad input.
+mod token_endpoint;
+// Access and ID tokens checked by an independent verifier library.
+mod tokens;
+// Refresh rotation, reuse detection, scope narrowing, client binding, races.
+mod refresh;
+// Userinfo, revocation and introspection.
+mod resource;
+// Key ring operations from the CLI while a server runs; restarts.
+mod keys;

@@ -1,0 +1,214 @@
+use serde_json::Value;
+
+use crate::helpers::{Options, PASSWORD, TestApp, jwt_part};
+
+async fn setup() -> (TestApp, String) {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client(
+            "web",
+            "password,refresh_token",
+            "openid api:read api:write",
+            "ES256",
+        )
+        .await;
+    (app, secret)
+}
+
+async fn expect_invalid_grant(r: reqwest::Response) {
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let login = app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await;
+    let first = login["refresh_token"].as_str().unwrap().to_string();
+
+    let r = app.refresh(client, &first).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    let second = body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "every refresh rotates");
+    assert_eq!(body["scope"], "api:read openid");
+    assert!(body["id_token"].is_string());
+    // The same login session (family) carries on.
+    assert_eq!(
+        jwt_part(body["access_token"].as_str().unwrap(), 1)["sid"],
+        jwt_part(login["access_token"].as_str().unwrap(), 1)["sid"]
+    );
+
+    let r = app.refresh(client, &second).await;
+    assert_eq!(r.status(), 200);
+    let third = r.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Presenting a consumed token is reuse: refused, and the whole family dies,
+    // including the newest token.
+    expect_invalid_grant(app.refresh(client, &first).await).await;
+    expect_invalid_grant(app.refresh(client, &third).await).await;
+
+    // A different login is a different family and unaffected.
+    let other = app.login(client, "alice", PASSWORD, "api:read").await;
+    assert_eq!(
+        app.refresh(client, other["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn refresh_may_narrow_scope_but_never_widen_it() {
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let login = app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await;
+    let rt = login["refresh_token"].as_str().unwrap();
+
+    let r = app
+        .token(
+            client,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+                ("scope", "api:read"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let narrowed: Value = r.json().await.unwrap();
+    assert_eq!(narrowed["scope"], "api:read");
+    assert!(narrowed.get("id_token").is_none());
+    assert_eq!(
+        jwt_part(narrowed["access_token"].as_str().unwrap(), 1)["scope"],
+        "api:read"
+    );
+
+    // api:write is allowed for the client but was never granted to this login.
+    let rt2 = narrowed["refresh_token"].as_str().unwrap();
+    let r = app
+        .token(
+            client,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt2),
+                ("scope", "api:read api:write"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
+
+    // The refused request consumed nothing, and the refresh token's own scope is
+    // still the original grant (RFC 6749 §6).
+    let r = app.refresh(client, rt2).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["scope"], "api:read openid");
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_bound_to_its_client() {
+    let (app, secret) = setup().await;
+    let other_secret = app
+        .create_client(
+            "other",
+            "password,refresh_token",
+            "openid api:read",
+            "RS256",
+        )
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    let rt = login["refresh_token"].as_str().unwrap();
+    expect_invalid_grant(app.refresh(("other", &other_secret), rt).await).await;
+    // The theft attempt neither consumed nor revoked the token for its owner.
+    assert_eq!(app.refresh(("web", &secret), rt).await.status(), 200);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_refreshes_of_one_token_yield_exactly_one_success() {
+    let (app, secret) = setup().await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    let rt = login["refresh_token"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let http = app.http.clone();
+        let url = app.url("/token");
+        let (secret, rt) = (secret.clone(), rt.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .basic_auth("web", Some(secret))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ok = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            200 => ok.push(body),
+            400 => assert_eq!(body["error"], "invalid_grant", "{body}"),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(ok.len(), 1, "exactly one refresh wins");
+    // The losers presented a consumed token: the family is revoked, so even the
+    // winner's successor is dead — two valid successors can never exist.
+    let successor = ok[0]["refresh_token"].as_str().unwrap();
+    expect_invalid_grant(app.refresh(("web", &secret), successor).await).await;
+}
+
+#[tokio::test]
+async fn expired_refresh_tokens_are_refused() {
+    let app = TestApp::spawn_with(Options {
+        top_toml: "[tokens]\nrefresh_idle_ttl_secs = 1\nrefresh_absolute_ttl_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password,refresh_token", "api:read", "RS256")
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    expect_invalid_grant(
+        app.refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
+            .await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_refresh_tokens_are_invalid_grant() {
+    let (app, secret) = setup().await;
+    for rt in ["x", "' OR 1=1 --", &"A".repeat(43)] {
+        expect_invalid_grant(app.refresh(("web", &secret), rt).await).await;
+    }
+    let r = app.refresh(("web", &secret), &"A".repeat(600)).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+}

@@ -1,0 +1,198 @@
+use serde_json::Value;
+
+use crate::helpers::{PASSWORD, TestApp};
+
+async fn setup() -> (TestApp, String, Value) {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", PASSWORD, &["dev"]).await;
+    let secret = app
+        .create_client(
+            "web",
+            "password,refresh_token",
+            "openid profile api:read",
+            "RS256",
+        )
+        .await;
+    let login = app
+        .login(
+            ("web", &secret),
+            "alice",
+            PASSWORD,
+            "openid profile api:read",
+        )
+        .await;
+    (app, secret, login)
+}
+
+async fn userinfo(app: &TestApp, token: Option<&str>) -> reqwest::Response {
+    let mut req = app.http.get(app.url("/userinfo"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+async fn introspect(app: &TestApp, client: (&str, &str), token: &str) -> Value {
+    let r = app
+        .http
+        .post(app.url("/introspect"))
+        .basic_auth(client.0, Some(client.1))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn userinfo_follows_rfc6750() {
+    let (app, secret, login) = setup().await;
+    let at = login["access_token"].as_str().unwrap();
+    let r = userinfo(&app, Some(at)).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["preferred_username"], "alice");
+    assert_eq!(body["roles"], serde_json::json!(["dev"]));
+    assert_eq!(body["sub"], crate::helpers::jwt_part(at, 1)["sub"]);
+
+    // No token: the bare challenge.
+    let r = userinfo(&app, None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"latchkey\"");
+
+    // A bad token: invalid_token in the challenge and the body.
+    let r = userinfo(&app, Some("not.a.token")).await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer realm=\"latchkey\", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_token");
+
+    // An alg=none token naming a real kid is refused.
+    use base64::Engine as _;
+    let b64 = |v: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap())
+    };
+    let header = crate::helpers::jwt_part(at, 0);
+    let none = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "kid": header["kid"], "typ": "at+jwt"})),
+        at.split('.').nth(1).unwrap()
+    );
+    assert_eq!(userinfo(&app, Some(&none)).await.status(), 401);
+
+    // A token without the openid scope is insufficient.
+    let api_only = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    let r = userinfo(&app, api_only["access_token"].as_str()).await;
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"insufficient_scope\"")
+    );
+}
+
+#[tokio::test]
+async fn introspection_reports_active_and_inactive_tokens() {
+    let (app, secret, login) = setup().await;
+    let client = ("web", secret.as_str());
+    let at = login["access_token"].as_str().unwrap();
+    let rt = login["refresh_token"].as_str().unwrap();
+    let v = introspect(&app, client, at).await;
+    assert_eq!(v["active"], true);
+    assert_eq!(v["client_id"], "web");
+    assert_eq!(v["scope"], "api:read openid profile");
+    assert_eq!(v["token_type"], "Bearer");
+    let v = introspect(&app, client, rt).await;
+    assert_eq!(v["active"], true);
+    assert_eq!(v["token_type"], "refresh_token");
+    let v = introspect(&app, client, "garbage").await;
+    assert_eq!(v, serde_json::json!({"active": false}));
+
+    // Public clients may not introspect.
+    app.create_public_client("spa", "password", "openid").await;
+    let r = app
+        .http
+        .post(app.url("/introspect"))
+        .form(&[("token", at), ("client_id", "spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_ends_the_session() {
+    let (app, secret, login) = setup().await;
+    let client = ("web", secret.as_str());
+    let at = login["access_token"].as_str().unwrap();
+    let rt = login["refresh_token"].as_str().unwrap();
+    let r = app
+        .http
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", rt), ("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.refresh(client, rt).await.status(), 400);
+    // Access tokens of the revoked session are no longer honoured by latchkey.
+    assert_eq!(introspect(&app, client, at).await["active"], false);
+    assert_eq!(userinfo(&app, Some(at)).await.status(), 401);
+}
+
+#[tokio::test]
+async fn revoking_an_access_token_denies_its_jti() {
+    let (app, secret, login) = setup().await;
+    let client = ("web", secret.as_str());
+    let at = login["access_token"].as_str().unwrap();
+    let r = app
+        .http
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", at)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(introspect(&app, client, at).await["active"], false);
+    // The session's refresh token is untouched.
+    assert_eq!(
+        app.refresh(client, login["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    // Unknown tokens are accepted silently (RFC 7009 §2.2).
+    let r = app
+        .http
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", "no-such-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn health_reports_loaded_keys() {
+    let (app, _, _) = setup().await;
+    let r = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["signing_keys"].as_array().unwrap().len(), 2);
+    assert!(v["signing_keys"][0]["kid"].is_string());
+}
