@@ -728,3 +728,158 @@ impl From<&KeyRow> for KeyInfo {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Daily rotation at midnight UTC, one hour of pre-publication, two of retention.
+    fn cfg() -> KeysConfig {
+        let toml = "issuer = \"http://a\"\n[keys.rs256]\nschedule = \"0 0 0 * * *\"\nlead_secs = 3600\nretention_secs = 7200\n[keys.es256]\nschedule = \"0 0 0 * * *\"\nlead_secs = 3600\nretention_secs = 7200\n";
+        Config::from_toml_str(toml, Vec::new()).unwrap().keys
+    }
+
+    const DAY: i64 = 86_400;
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600;
+
+    fn row(kid: &str, alg: Alg, state: KeyState, activate_at: i64) -> KeyRow {
+        KeyRow {
+            kid: kid.into(),
+            alg: alg.as_str().into(),
+            state: state.as_str().into(),
+            public_der: Vec::new(),
+            wrapped_private: None,
+            kms_provider: "local".into(),
+            kms_key_ref: None,
+            created_at: activate_at - 3600,
+            activate_at,
+            activated_at: (state != KeyState::Pending).then_some(activate_at),
+            retiring_at: None,
+            retire_at: None,
+            retired_at: None,
+            retired_reason: None,
+        }
+    }
+
+    fn only(steps: Vec<Step>, alg: Alg) -> Vec<Step> {
+        steps
+            .into_iter()
+            .filter(|s| match s {
+                Step::Bootstrap { alg: a }
+                | Step::Prepublish { alg: a, .. }
+                | Step::Activate { alg: a, .. } => *a == alg,
+                Step::Retire { kid } => kid.starts_with(alg.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn empty_ring_bootstraps_both_algorithms() {
+        assert_eq!(
+            plan(T0, &[], &cfg()),
+            vec![
+                Step::Bootstrap { alg: Alg::Rs256 },
+                Step::Bootstrap { alg: Alg::Es256 }
+            ]
+        );
+    }
+
+    #[test]
+    fn pending_key_is_created_one_lead_before_the_fire_time() {
+        let rows = [row("RS256-a", Alg::Rs256, KeyState::Active, T0 + 30)];
+        // Before fire − lead: nothing.
+        assert!(only(plan(T0 + DAY - 3601, &rows, &cfg()), Alg::Rs256).is_empty());
+        // At fire − lead: publish, to sign exactly at the fire time.
+        assert_eq!(
+            only(plan(T0 + DAY - 3600, &rows, &cfg()), Alg::Rs256),
+            vec![Step::Prepublish {
+                alg: Alg::Rs256,
+                activate_at: T0 + DAY
+            }]
+        );
+    }
+
+    #[test]
+    fn missed_rotations_after_downtime_happen_once_and_still_prepublish() {
+        let rows = [row("RS256-a", Alg::Rs256, KeyState::Active, T0 + 30)];
+        // Three fire times passed while nothing ran: one pending key, activating
+        // a full lead from now (never earlier than verifiers can know it).
+        let now = T0 + 3 * DAY + 12 * 3600;
+        assert_eq!(
+            only(plan(now, &rows, &cfg()), Alg::Rs256),
+            vec![Step::Prepublish {
+                alg: Alg::Rs256,
+                activate_at: now + 3600
+            }]
+        );
+        // With that pending key stored, nothing more is planned until it is due.
+        let rows = [
+            rows[0].clone(),
+            row("RS256-b", Alg::Rs256, KeyState::Pending, now + 3600),
+        ];
+        assert!(only(plan(now + 10, &rows, &cfg()), Alg::Rs256).is_empty());
+        assert_eq!(
+            only(plan(now + 3600, &rows, &cfg()), Alg::Rs256),
+            vec![Step::Activate {
+                alg: Alg::Rs256,
+                kid: "RS256-b".into(),
+                previous: Some("RS256-a".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn after_activation_the_next_fire_is_the_following_one() {
+        let now = T0 + 3 * DAY + 13 * 3600;
+        let rows = [row("RS256-b", Alg::Rs256, KeyState::Active, now)];
+        // Next fire: the coming midnight; nothing until an hour before it.
+        assert!(only(plan(T0 + 4 * DAY - 3601, &rows, &cfg()), Alg::Rs256).is_empty());
+        assert_eq!(
+            only(plan(T0 + 4 * DAY - 3600, &rows, &cfg()), Alg::Rs256),
+            vec![Step::Prepublish {
+                alg: Alg::Rs256,
+                activate_at: T0 + 4 * DAY
+            }]
+        );
+    }
+
+    #[test]
+    fn retiring_keys_retire_only_after_retention() {
+        let mut r = row("RS256-old", Alg::Rs256, KeyState::Retiring, T0);
+        r.retire_at = Some(T0 + 7200);
+        let rows = [r, row("RS256-new", Alg::Rs256, KeyState::Active, T0 + 10)];
+        assert!(only(plan(T0 + 7199, &rows, &cfg()), Alg::Rs256).is_empty());
+        assert_eq!(
+            only(plan(T0 + 7200, &rows, &cfg()), Alg::Rs256),
+            vec![Step::Retire {
+                kid: "RS256-old".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn with_no_active_key_a_pending_key_activates_at_once() {
+        let rows = [row("ES256-p", Alg::Es256, KeyState::Pending, T0 + 3600)];
+        assert_eq!(
+            only(plan(T0, &rows, &cfg()), Alg::Es256),
+            vec![Step::Activate {
+                alg: Alg::Es256,
+                kid: "ES256-p".into(),
+                previous: None
+            }]
+        );
+    }
+
+    #[test]
+    fn upcoming_reports_next_times() {
+        let rows = [row("RS256-a", Alg::Rs256, KeyState::Active, T0 + 30)];
+        let up = upcoming(T0 + 100, &rows, &cfg());
+        let rs = up.iter().find(|u| u.alg == "RS256").unwrap();
+        assert_eq!(rs.next_activation_at, Some(T0 + DAY));
+        assert_eq!(rs.next_prepublish_at, Some(T0 + DAY - 3600));
+        assert_eq!(rs.active_kid.as_deref(), Some("RS256-a"));
+    }
+}

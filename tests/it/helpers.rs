@@ -82,6 +82,8 @@ pub struct Options {
     /// Reuse this port (restart tests keep the issuer stable).
     pub port: Option<u16>,
     pub clock: Option<SharedClock>,
+    /// A fixed issuer (replicas behind one name); default: this server's URL.
+    pub issuer: Option<String>,
 }
 
 pub struct TestApp {
@@ -99,7 +101,7 @@ pub struct TestApp {
 fn write_config(env: &Env, issuer: &str, options: &Options) -> PathBuf {
     let path = env.path().join(format!(
         "latchkey-{}.toml",
-        issuer.rsplit(':').next().unwrap_or("0")
+        latchkey::secret::random_id().unwrap()
     ));
     let text = format!(
         "issuer = \"{issuer}\"\nprofile = \"dev\"\n{top}\n[server]\nbind = \"127.0.0.1:0\"\n\n[database]\nurl = \"{db}\"\nmax_connections = 8\n\n[keys]\ndir = \"{keys}\"\nreload_interval_secs = 1\n{keys_extra}\n{extra}\n",
@@ -128,7 +130,10 @@ impl TestApp {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let issuer = format!("http://127.0.0.1:{}", addr.port());
+        let issuer = options
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", addr.port()));
         let config_path = write_config(&env, &issuer, &options);
         let config = Config::load(&config_path, std::iter::empty()).unwrap();
         let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -160,8 +165,9 @@ impl TestApp {
         (self.env.clone(), self.addr.port())
     }
 
+    /// A URL on this server (its own address, whatever the issuer says).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("http://{}{path}", self.addr)
     }
 
     /// Run the `latchkey` binary against this server's config and database.

@@ -22,3 +22,7 @@ mod refresh;
 mod resource;
 // Key ring operations from the CLI while a server runs; restarts.
 mod keys;
+// Scheduled lifecycle across replicas, downtime catch-up, the admin API.
+mod lifecycle;
+// The AWS KMS provider against the emulator: envelope, native, an outage.
+mod kms;

@@ -315,6 +315,9 @@ impl KeyCache {
         let Some(source) = &self.source else {
             return cur;
         };
+        if cur.attempt != seen_attempt {
+            return cur;
+        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if reason == Reason::UnknownKid {
             self.counters

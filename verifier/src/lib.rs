@@ -23,7 +23,7 @@
 //!
 //! With the `axum` feature (on by default), [`Claims`] is an extractor: put a
 //! [`Verifier`] in your state (via `FromRef`) and take `claims: Claims` in a
-//! handler; see the [`axum`](crate::axum) module.
+//! handler; see the [`axum`] module.
 //!
 //! Map of the crate, in the order a token meets it:
 //! - [`verifier`](Verifier): configuration and the order of checks;

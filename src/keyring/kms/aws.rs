@@ -519,6 +519,12 @@ mod tests {
         match std::env::var("LATCHKEY_TEST_KMS_ENDPOINT") {
             Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
             _ => {
+                // CI sets this so that a missing emulator fails instead of skipping.
+                if std::env::var_os("LATCHKEY_TEST_REQUIRE_KMS").is_some() {
+                    panic!(
+                        "LATCHKEY_TEST_REQUIRE_KMS is set but LATCHKEY_TEST_KMS_ENDPOINT is not"
+                    );
+                }
                 eprintln!("{SKIP}");
                 None
             }
