@@ -107,7 +107,7 @@ async fn scheduled_rotation_never_breaks_a_caching_verifier() {
         i += 1;
         let issuing = &replicas[i % replicas.len()];
         let serving = &replicas[(i / 2) % replicas.len()];
-        let (client, secret, alg) = if i % 2 == 0 {
+        let (client, secret, alg) = if i.is_multiple_of(2) {
             ("rs", &rs, "RS256")
         } else {
             ("es", &es, "ES256")

@@ -57,6 +57,9 @@ impl CachePolicy {
 pub(crate) struct Snapshot {
     pub(crate) keys: Arc<KeySet>,
     etag: Option<Arc<str>>,
+    /// The `max-age` of the last 200, reused when a 304 carries none (RFC
+    /// 9111 section 4.3.4: a 304 updates only the headers it sends).
+    max_age: Option<u64>,
     /// When a background revalidation should start (80 % of the lifetime).
     refresh_at: u64,
     /// When the set stops being fresh.
@@ -74,6 +77,7 @@ impl Snapshot {
         Snapshot {
             keys: Arc::new(keys),
             etag: None,
+            max_age: None,
             refresh_at: NEVER,
             fresh_until: NEVER,
             retry_at: 0,
@@ -180,6 +184,7 @@ impl KeyCache {
         let snapshot = Snapshot {
             keys: Arc::new(keys),
             etag: etag.map(Arc::from),
+            max_age,
             refresh_at: refresh_point(now, ttl),
             fresh_until: now.saturating_add(ttl),
             retry_at: 0,
@@ -339,6 +344,7 @@ impl KeyCache {
                 Snapshot {
                     keys: Arc::new(keys),
                     etag: etag.map(Arc::from),
+                    max_age,
                     refresh_at: refresh_point(now, ttl),
                     fresh_until: now.saturating_add(ttl),
                     retry_at: 0,
@@ -348,11 +354,13 @@ impl KeyCache {
             }
             Ok(JwksResponse::NotModified { max_age }) => {
                 self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+                let max_age = max_age.or(cur.max_age);
                 let ttl = self.policy.ttl(max_age);
                 tracing::debug!(?reason, ttl, "JWKS not modified");
                 Snapshot {
                     keys: Arc::clone(&cur.keys),
                     etag: cur.etag.clone(),
+                    max_age,
                     refresh_at: refresh_point(now, ttl),
                     fresh_until: now.saturating_add(ttl),
                     retry_at: 0,
@@ -366,6 +374,7 @@ impl KeyCache {
                 Snapshot {
                     keys: Arc::clone(&cur.keys),
                     etag: cur.etag.clone(),
+                    max_age: cur.max_age,
                     refresh_at: cur.refresh_at,
                     fresh_until: cur.fresh_until,
                     retry_at: now.saturating_add(self.policy.cooldown),

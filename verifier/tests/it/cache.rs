@@ -176,6 +176,14 @@ async fn etag_revalidation_gets_304_and_keeps_the_keys() {
     assert_eq!(stats.keys, 1);
     // A 304 extends freshness by its own max-age.
     assert_eq!(stats.fresh_until, Some(T0 + 120));
+
+    // A 304 without Cache-Control keeps the lifetime of the stored response
+    // (60 s), rather than falling back to the 300 s default.
+    *issuer.ctl.cache_control.lock().unwrap() = None;
+    clock.set(T0 + 120);
+    assert!(v.verify(&token(&issuer, rsa_key(), T0 + 120)).await.is_ok());
+    assert_eq!(issuer.ctl.not_modified.load(Ordering::SeqCst), 2);
+    assert_eq!(v.stats().fresh_until, Some(T0 + 180));
 }
 
 #[tokio::test]
