@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub stats: Arc<SchedulerStats>,
     /// The discovery document, serialised once.
     pub discovery_json: Arc<[u8]>,
+    /// JWKS responses served (200 and 304), for health output and tests.
+    pub jwks_requests: Arc<AtomicU64>,
 }
 
 impl AppState {
@@ -127,6 +130,7 @@ impl AppState {
             clock,
             stats: Arc::new(SchedulerStats::default()),
             discovery_json,
+            jwks_requests: Arc::new(AtomicU64::new(0)),
         })
     }
 

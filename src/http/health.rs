@@ -36,6 +36,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "signing_keys": signing,
         "key_transition_failures": state.stats.transition_failures.load(Ordering::Relaxed),
         "key_transition_consecutive_failures": state.stats.consecutive_failures.load(Ordering::Relaxed),
+        "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
     });
     let status = if db_ok && keys_ok {
         StatusCode::OK

@@ -35,6 +35,9 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 pub async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state
+        .jwks_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ring = state.ring.current();
     let cache = HeaderValue::from_str(&format!(
         "public, max-age={}",

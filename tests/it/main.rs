@@ -24,5 +24,7 @@ mod resource;
 mod keys;
 // Scheduled lifecycle across replicas, downtime catch-up, the admin API.
 mod lifecycle;
+// The resource-server verifier crate against a real latchkey.
+mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
