@@ -37,6 +37,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "key_transition_failures": state.stats.transition_failures.load(Ordering::Relaxed),
         "key_transition_consecutive_failures": state.stats.consecutive_failures.load(Ordering::Relaxed),
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
+        "key_load_failures": state.ring.incomplete_loads(),
     });
     let status = if db_ok && keys_ok {
         StatusCode::OK

@@ -344,6 +344,21 @@ impl Lifecycle {
                 Err(e) => report.failures.push((alg.as_str(), e.to_string())),
             }
         }
+        // A pending key activates only if its private half can be loaded right
+        // now; otherwise it stays pending (still published) and the current
+        // key keeps signing, instead of the ring switching to a key nobody can use.
+        let mut not_ready = Vec::new();
+        for step in &steps {
+            if let Step::Activate { alg, kid, .. } = step
+                && let Some(row) = rows.iter().find(|r| &r.kid == kid)
+                && let Err(e) = self.kms.signer_for(row, *alg).await
+            {
+                report
+                    .failures
+                    .push((alg.as_str(), format!("cannot activate {kid}: {e}")));
+                not_ready.push(kid.clone());
+            }
+        }
         let mut tx = self.store.begin_ring().await?;
         let rows = tx.list_keys(false).await?;
         let steps = plan(now, &rows, &self.cfg);
@@ -388,6 +403,7 @@ impl Lifecycle {
                         );
                     }
                 }
+                Step::Activate { kid, .. } if not_ready.contains(&kid) => {}
                 Step::Activate { alg, kid, previous } => {
                     if let Some(prev) = &previous {
                         let retire_at = now.saturating_add(self.retention(alg));

@@ -15,6 +15,7 @@ pub mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
@@ -142,8 +143,18 @@ impl Ring {
         let mut active: [Option<Arc<RingKey>>; 2] = [None, None];
         let mut by_kid = HashMap::with_capacity(keys.len());
         for k in &keys {
-            if k.state == KeyState::Active {
-                active[k.alg.index()] = Some(k.clone());
+            // The signing key per algorithm: the active key when it can sign;
+            // otherwise a key that still holds a signer (the previous active key,
+            // kept by `KeyRing::reload` while the new one cannot be loaded).
+            let slot = &mut active[k.alg.index()];
+            let better = match slot {
+                None => k.signer.is_some() || k.state == KeyState::Active,
+                Some(cur) => {
+                    k.signer.is_some() && (cur.signer.is_none() || k.state == KeyState::Active)
+                }
+            };
+            if better && k.state != KeyState::Pending {
+                *slot = Some(k.clone());
             }
             by_kid.insert(k.kid().to_string(), k.clone());
         }
@@ -185,6 +196,7 @@ pub struct KeyRing {
     kms: Kms,
     /// Serialises reloads so two callers never unwrap the same key twice.
     reload_lock: tokio::sync::Mutex<()>,
+    incomplete_loads: AtomicU64,
 }
 
 impl KeyRing {
@@ -195,6 +207,7 @@ impl KeyRing {
             store,
             kms,
             reload_lock: tokio::sync::Mutex::new(()),
+            incomplete_loads: AtomicU64::new(0),
         };
         ring.reload().await?;
         Ok(ring)
@@ -270,10 +283,46 @@ impl KeyRing {
                 signer,
             }));
         }
+        // An active key whose private half could not be loaded must not stop
+        // signing: the key that signed until now is still published (it just
+        // turned retiring), so it keeps signing until the new one loads.
+        for alg in Alg::ALL {
+            let can_sign = keys
+                .iter()
+                .any(|k| k.alg == alg && k.state == KeyState::Active && k.signer.is_some());
+            if can_sign {
+                continue;
+            }
+            let Some(fallback) = old.active(alg).filter(|k| k.signer.is_some()) else {
+                continue;
+            };
+            if let Some(slot) = keys.iter_mut().find(|k| k.kid() == fallback.kid()) {
+                tracing::error!(
+                    alg = alg.as_str(),
+                    kid = fallback.kid(),
+                    "the active key cannot sign here yet; the previous key keeps signing"
+                );
+                *slot = Arc::new(RingKey {
+                    row: slot.row.clone(),
+                    alg,
+                    state: slot.state,
+                    public: slot.public.clone(),
+                    signer: fallback.signer.clone(),
+                });
+            }
+        }
+        if !complete {
+            self.incomplete_loads.fetch_add(1, Ordering::Relaxed);
+        }
         let snapshot_version = if complete { version } else { old.version };
         self.current
             .store(Arc::new(Ring::build(snapshot_version, keys)?));
         Ok(())
+    }
+
+    /// Reloads that could not load every key's private half (KMS trouble).
+    pub fn incomplete_loads(&self) -> u64 {
+        self.incomplete_loads.load(Ordering::Relaxed)
     }
 
     /// Sign a JWT with the active key for `alg`: returns the compact JWS.

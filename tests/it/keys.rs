@@ -344,3 +344,103 @@ async fn cli_rejects_bad_input_clearly() {
     let out = app.cli(&["keys", "retire", "no-such-kid"], None).await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key with kid"));
 }
+
+/// A key whose private half cannot be loaded (here: a corrupt wrapped blob,
+/// as after a KMS outage at the wrong moment) never stops signing.
+#[tokio::test]
+async fn an_unloadable_key_neither_activates_nor_stops_signing() {
+    use latchkey::keyring::key::{PublicKey, generate};
+    use latchkey::store::NewKeyRow;
+
+    let app = TestApp::spawn_with(fast_ring()).await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password", "api:read", "RS256")
+        .await;
+    let old_kid = jwt_part(&rs256_token(&app, &secret).await, 0)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = &app.state.store;
+    let now = latchkey::clock::Clock::now(&latchkey::clock::SystemClock);
+    let broken = |state: &str| {
+        let k = generate(latchkey::keyring::Alg::Rs256, 2048).unwrap();
+        let public =
+            PublicKey::from_spki_der(latchkey::keyring::Alg::Rs256, &k.public_der).unwrap();
+        NewKeyRow {
+            kid: public.kid.clone(),
+            alg: "RS256".into(),
+            state: state.into(),
+            public_der: k.public_der,
+            wrapped_private: Some(b"LK1 not a wrapped key".to_vec()),
+            kms_provider: "local".into(),
+            kms_key_ref: None,
+            created_at: now,
+            activate_at: now,
+        }
+    };
+
+    // A pending key that is already due but cannot be loaded stays pending.
+    let pending = broken("pending");
+    let mut tx = store.begin_ring().await.unwrap();
+    tx.insert_key(&pending).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let keys = keys_json(&app).await;
+    let state_of = |kid: &str| {
+        keys.iter().find(|k| k["kid"] == kid).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state_of(&pending.kid), "pending");
+    assert_eq!(state_of(&old_kid), "active");
+    assert_eq!(
+        jwt_part(&rs256_token(&app, &secret).await, 0)["kid"],
+        old_kid.as_str()
+    );
+    let health: Value = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        health["key_transition_failures"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    let mut tx = store.begin_ring().await.unwrap();
+    tx.retire(&pending.kid, now, "test cleanup").await.unwrap();
+    tx.commit().await.unwrap();
+
+    // An active key that this server cannot load: the previous key, still
+    // published as retiring, keeps signing.
+    let active = broken("active");
+    let mut tx = store.begin_ring().await.unwrap();
+    tx.start_retiring(&old_kid, now, now + 700).await.unwrap();
+    tx.insert_key(&active).await.unwrap();
+    tx.commit().await.unwrap();
+    app.wait_for_ring("broken key published", |r| r.key(&active.kid).is_some())
+        .await;
+    let r = app
+        .token(
+            ("web", &secret),
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200, "signing continues");
+    let at = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(jwt_part(&at, 0)["kid"], old_kid.as_str());
+    verify_with_jsonwebtoken(&app.jwks().await, &at, &app.issuer, &app.issuer).unwrap();
+    assert!(app.state.ring.incomplete_loads() > 0);
+}

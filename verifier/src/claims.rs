@@ -213,12 +213,13 @@ impl<'de> de::Deserialize<'de> for Scope {
                 f.write_str("a space-separated string")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Scope, E> {
-                Ok(Scope(
-                    v.split(' ')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                ))
+                // Inserting one by one avoids the intermediate sort buffer
+                // that collecting into a BTreeSet allocates.
+                let mut set = BTreeSet::new();
+                for scope in v.split(' ').filter(|s| !s.is_empty()) {
+                    set.insert(scope.to_owned());
+                }
+                Ok(Scope(set))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scope, A::Error> {
                 let mut out = BTreeSet::new();

@@ -193,7 +193,9 @@ impl Verifier {
         let outcome = match first {
             Some(outcome) => outcome,
             None => {
-                let snap = inner.cache.usable(now).await?;
+                // The slow paths are boxed so their (large) futures do not
+                // grow every `verify` future; they run rarely.
+                let snap = Box::pin(inner.cache.usable(now)).await?;
                 self.check(token, &snap, now)
             }
         };
@@ -201,7 +203,7 @@ impl Verifier {
             Ok(claims) => Ok(claims),
             Err(Reject::Token(e)) => Err(e),
             Err(Reject::UnknownKid { attempt }) => {
-                let Some(snap) = inner.cache.after_unknown_kid(attempt, now).await else {
+                let Some(snap) = Box::pin(inner.cache.after_unknown_kid(attempt, now)).await else {
                     return Err(VerifyError::UnknownKid);
                 };
                 match self.check(token, &snap, now) {
