@@ -89,7 +89,7 @@ impl AppState {
         let services = Services::open(&config, clock.clone()).await?;
         // Bootstrap (first start) and any transition that came due while no
         // server ran. A KMS failure here is not fatal if keys already exist.
-        match services.lifecycle.tick("startup").await {
+        match services.lifecycle.tick("startup", &[]).await {
             Ok(report) => {
                 for (alg, e) in report.failures {
                     tracing::error!(alg, error = %e, "could not create a due key at start-up");

@@ -483,7 +483,7 @@ async fn keys(cmd: KeysCmd, config: &Config, clock: SharedClock) -> anyhow::Resu
     let services = Services::open(config, clock.clone()).await?;
     // A fresh database gets its first keys here as well as on `serve`, so that
     // `keys list` before the first start shows what the server will use.
-    services.lifecycle.tick(&actor()).await?;
+    services.lifecycle.tick(&actor(), &[]).await?;
     match cmd {
         KeysCmd::List { out } => {
             let keys: Vec<KeyInfo> = services

@@ -325,7 +325,11 @@ impl Lifecycle {
 
     /// Apply every due step. Steps that need a new key are skipped (and
     /// reported) when the KMS cannot make one; the others still apply.
-    pub async fn tick(&self, actor: &str) -> Result<TickReport, LifecycleError> {
+    ///
+    /// `loaded` names the keys whose private half this process already holds in
+    /// memory (its ring's signers); any other key must load through the KMS
+    /// before it may activate.
+    pub async fn tick(&self, actor: &str, loaded: &[String]) -> Result<TickReport, LifecycleError> {
         let now = self.clock.now();
         let rows = self.store.list_keys(false).await?;
         let steps = plan(now, &rows, &self.cfg);
@@ -350,6 +354,7 @@ impl Lifecycle {
         let mut not_ready = Vec::new();
         for step in &steps {
             if let Step::Activate { alg, kid, .. } = step
+                && !loaded.contains(kid)
                 && let Some(row) = rows.iter().find(|r| &r.kid == kid)
                 && let Err(e) = self.kms.signer_for(row, *alg).await
             {

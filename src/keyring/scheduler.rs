@@ -46,7 +46,14 @@ pub async fn run(
     loop {
         let now = lifecycle.clock().now();
         if now >= retry_at {
-            match lifecycle.tick("scheduler").await {
+            let loaded: Vec<String> = ring
+                .current()
+                .keys()
+                .iter()
+                .filter(|k| k.signer.is_some())
+                .map(|k| k.kid().to_string())
+                .collect();
+            match lifecycle.tick("scheduler", &loaded).await {
                 Ok(report) if report.failures.is_empty() => {
                     stats.consecutive_failures.store(0, Ordering::Relaxed);
                 }
