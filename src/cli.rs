@@ -481,9 +481,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
 
 async fn keys(cmd: KeysCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
     let services = Services::open(config, clock.clone()).await?;
-    // A fresh database gets its first keys here as well as on `serve`, so that
-    // `keys list` before the first start shows what the server will use.
-    services.lifecycle.tick(&actor(), &[]).await?;
+    // Reads stay reads: scheduled transitions are the server's job (a `keys
+    // list` must not make keys through the KMS). A database no server has
+    // started on yet simply has no keys to list.
     match cmd {
         KeysCmd::List { out } => {
             let keys: Vec<KeyInfo> = services
@@ -495,6 +495,10 @@ async fn keys(cmd: KeysCmd, config: &Config, clock: SharedClock) -> anyhow::Resu
                 .collect();
             if out.json {
                 return print_json(&keys);
+            }
+            if keys.is_empty() {
+                println!("no keys yet: latchkey serve creates them when it first starts");
+                return Ok(());
             }
             println!(
                 "{:<44} {:<6} {:<9} {:<14} {:<21} {:<21} {:<21}",
