@@ -47,6 +47,8 @@ pub struct VerifiedAccess {
     pub aud: String,
     pub exp: i64,
     pub iat: i64,
+    #[serde(default)]
+    pub nbf: Option<i64>,
     pub jti: String,
     pub client_id: String,
     pub scope: String,

@@ -47,11 +47,6 @@ struct Header {
     typ: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct TimeClaims {
-    nbf: Option<i64>,
-}
-
 /// Verify a compact JWS access token issued by `issuer`.
 pub fn verify_access(
     ring: &Ring,
@@ -88,14 +83,13 @@ pub fn verify_access(
         .verify(signing_input.as_bytes(), &signature)
         .map_err(|_| VerifyError::BadSignature)?;
     let claims: VerifiedAccess = decode_json(p)?;
-    let times: TimeClaims = decode_json(p)?;
     if claims.iss != issuer {
         return Err(VerifyError::WrongIssuer);
     }
     if claims.exp + LEEWAY_SECS <= now {
         return Err(VerifyError::Expired);
     }
-    if times.nbf.is_some_and(|nbf| nbf - LEEWAY_SECS > now) {
+    if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_SECS > now) {
         return Err(VerifyError::NotYetValid);
     }
     Ok(claims)

@@ -88,6 +88,16 @@ async fn userinfo_follows_rfc6750() {
     );
     assert_eq!(userinfo(&app, Some(&none)).await.status(), 401);
 
+    // An ID token is not an access token (typ JWT, not at+jwt).
+    let r = userinfo(&app, login["id_token"].as_str()).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("not an access token")
+    );
+
     // A token without the openid scope is insufficient.
     let api_only = app
         .login(("web", &secret), "alice", PASSWORD, "api:read")
@@ -195,4 +205,39 @@ async fn health_reports_loaded_keys() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["signing_keys"].as_array().unwrap().len(), 2);
     assert!(v["signing_keys"][0]["kid"].is_string());
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_rejected_by_latchkey() {
+    use latchkey::clock::{Clock, ManualClock, SystemClock};
+    let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now()));
+    let app = TestApp::spawn_with(crate::helpers::Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password", "openid", "ES256")
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "openid")
+        .await;
+    let at = login["access_token"].as_str().unwrap();
+    // Within the lifetime plus 30 s of leeway: still good.
+    clock.advance(600 + 29);
+    assert_eq!(userinfo(&app, Some(at)).await.status(), 200);
+    clock.advance(1);
+    let r = userinfo(&app, Some(at)).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("expired")
+    );
+    assert_eq!(
+        introspect(&app, ("web", &secret), at).await["active"],
+        false
+    );
 }
