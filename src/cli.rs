@@ -81,6 +81,10 @@ pub enum UsersCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Disable a user: logins fail and every session (refresh-token family) is revoked.
+    Disable { username: String },
+    /// Re-enable a disabled user.
+    Enable { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -333,6 +337,47 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 println!("created user {username} (id {id})");
                 Ok(())
             }
+        }
+        UsersCmd::Disable { username } | UsersCmd::Enable { username }
+            if !valid_username(&username) =>
+        {
+            bail!("invalid username {username:?}")
+        }
+        UsersCmd::Disable { username } => {
+            if !services
+                .store
+                .set_user_disabled(&username, true, clock.now())
+                .await?
+            {
+                bail!("no user {username}");
+            }
+            services
+                .store
+                .record_event(
+                    clock.now(),
+                    &actor(),
+                    "user.disable",
+                    Some(&username),
+                    "sessions revoked",
+                )
+                .await?;
+            println!("user {username} disabled; their sessions are revoked");
+            Ok(())
+        }
+        UsersCmd::Enable { username } => {
+            if !services
+                .store
+                .set_user_disabled(&username, false, clock.now())
+                .await?
+            {
+                bail!("no user {username}");
+            }
+            services
+                .store
+                .record_event(clock.now(), &actor(), "user.enable", Some(&username), "")
+                .await?;
+            println!("user {username} enabled");
+            Ok(())
         }
         UsersCmd::List { out } => {
             let users = services.store.list_users().await?;

@@ -217,10 +217,6 @@ impl KeyRing {
         self.current.load_full()
     }
 
-    pub fn kms(&self) -> &Kms {
-        &self.kms
-    }
-
     /// Reload if the database's ring version moved; returns whether it did.
     pub async fn reload_if_changed(&self) -> Result<bool, RingError> {
         let version = self.store.ring_version().await?;

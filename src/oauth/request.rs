@@ -115,10 +115,6 @@ impl ClientAuth {
             | Self::None { client_id } => client_id,
         }
     }
-
-    pub fn used_basic(&self) -> bool {
-        matches!(self, Self::Basic { .. })
-    }
 }
 
 /// Decoded form parameters: each name at most once, empty values dropped

@@ -93,20 +93,37 @@ impl Store {
         user_roles_on(&mut conn, user_id).await
     }
 
+    /// Disable or re-enable a login. Disabling also revokes every live
+    /// refresh-token family of the user, in the same transaction.
     pub async fn set_user_disabled(
         &self,
         username: &str,
         disabled: bool,
         now: UnixTime,
     ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let done =
             sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
                 .bind(super::flag(disabled))
                 .bind(now)
                 .bind(username)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if disabled {
+            sqlx::query(
+                "UPDATE token_families SET revoked_at = $1, revoked_reason = 'user disabled' \
+                 WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $2)",
+            )
+            .bind(now)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

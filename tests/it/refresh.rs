@@ -212,3 +212,58 @@ async fn garbage_refresh_tokens_are_invalid_grant() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
 }
+
+#[tokio::test]
+async fn disabling_a_user_ends_logins_and_sessions() {
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let login = app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await;
+    let out = app.cli(&["users", "disable", "alice"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = app
+        .token(
+            client,
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    expect_invalid_grant(r).await;
+    expect_invalid_grant(
+        app.refresh(client, login["refresh_token"].as_str().unwrap())
+            .await,
+    )
+    .await;
+    let r = app
+        .http
+        .get(app.url("/userinfo"))
+        .bearer_auth(login["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Enabled again, alice can log in; the revoked session stays revoked.
+    assert!(
+        app.cli(&["users", "enable", "alice"], None)
+            .await
+            .status
+            .success()
+    );
+    app.login(client, "alice", PASSWORD, "api:read").await;
+    expect_invalid_grant(
+        app.refresh(client, login["refresh_token"].as_str().unwrap())
+            .await,
+    )
+    .await;
+    let out = app.cli(&["users", "disable", "nobody"], None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user nobody"));
+}
