@@ -377,12 +377,45 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        refuse_file_secrets(&table)?;
         apply_env(&mut table, env)?;
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         raw.validate()
     }
+}
+
+/// Secrets that may come from the environment (or a file path) but never from
+/// the config file itself, which is meant to be committed.
+const ENV_ONLY: &[(&str, &str, &str)] = &[
+    (
+        "security",
+        "pepper",
+        "LATCHKEY_SECURITY__PEPPER or security.pepper_file",
+    ),
+    (
+        "keys.aws",
+        "secret_access_key",
+        "LATCHKEY_KEYS__AWS__SECRET_ACCESS_KEY",
+    ),
+];
+
+fn refuse_file_secrets(table: &toml::Table) -> Result<(), ConfigError> {
+    for (section, key, instead) in ENV_ONLY {
+        let mut node = Some(table);
+        for part in section.split('.') {
+            node = node
+                .and_then(|t| t.get(part))
+                .and_then(toml::Value::as_table);
+        }
+        if node.is_some_and(|t| t.contains_key(*key)) {
+            return Err(invalid(format!(
+                "{section}.{key} must not be written in the config file; use {instead}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Overlay environment variables onto the parsed TOML table.
@@ -799,6 +832,28 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.security.pepper, PepperSource::Provided(_)));
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn secrets_in_the_file_are_refused_but_allowed_from_env() {
+        let file =
+            "issuer = \"http://a\"\n[security]\npepper = \"0123456789abcdef0123456789abcdef\"\n";
+        let err = Config::from_toml_str(file, env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("LATCHKEY_SECURITY__PEPPER"),
+            "{err}"
+        );
+        let file = "issuer = \"http://a\"\n[keys.aws]\nsecret_access_key = \"x\"\n";
+        assert!(Config::from_toml_str(file, env(&[])).is_err());
+        let ok = Config::from_toml_str(
+            MINIMAL,
+            env(&[(
+                "LATCHKEY_SECURITY__PEPPER",
+                "0123456789abcdef0123456789abcdef",
+            )]),
+        )
+        .unwrap();
+        assert!(matches!(ok.security.pepper, PepperSource::Provided(_)));
     }
 
     #[test]

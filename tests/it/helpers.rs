@@ -84,6 +84,9 @@ pub struct Options {
     pub clock: Option<SharedClock>,
     /// A fixed issuer (replicas behind one name); default: this server's URL.
     pub issuer: Option<String>,
+    /// `LATCHKEY_*` variables for the server and every CLI run (secrets that
+    /// must not be written into a config file).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct TestApp {
@@ -92,6 +95,7 @@ pub struct TestApp {
     pub env: Env,
     pub config_path: PathBuf,
     pub http: reqwest::Client,
+    pub env_vars: Vec<(String, String)>,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -135,7 +139,7 @@ impl TestApp {
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", addr.port()));
         let config_path = write_config(&env, &issuer, &options);
-        let config = Config::load(&config_path, std::iter::empty()).unwrap();
+        let config = Config::load(&config_path, options.env.clone()).unwrap();
         let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = AppState::build(config, clock).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -148,6 +152,7 @@ impl TestApp {
             env,
             config_path,
             http: reqwest::Client::builder().build().unwrap(),
+            env_vars: options.env.clone(),
             state,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -172,7 +177,7 @@ impl TestApp {
 
     /// Run the `latchkey` binary against this server's config and database.
     pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        run_cli(&self.config_path, args, stdin).await
+        run_cli(&self.config_path, &self.env_vars, args, stdin).await
     }
 
     pub async fn create_user(&self, username: &str, password: &str, roles: &[&str]) -> String {
@@ -332,9 +337,17 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn run_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub async fn run_cli(
+    config: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"));
-    cmd.arg("--config").arg(config).args(args);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().cloned());
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

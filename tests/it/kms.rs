@@ -85,8 +85,13 @@ fn aws_options(endpoint: &str, mode: &str, key_id: Option<&str>) -> Options {
     Options {
         keys_toml: "kms = \"aws\"\n".into(),
         extra_toml: format!(
-            "[keys.aws]\nmode = \"{mode}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{key_id}access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n"
+            "[keys.aws]\nmode = \"{mode}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{key_id}access_key_id = \"testing\"\n"
         ),
+        // Secrets come from the environment, never from the config file.
+        env: vec![(
+            "LATCHKEY_KEYS__AWS__SECRET_ACCESS_KEY".into(),
+            "testing".into(),
+        )],
         ..Default::default()
     }
 }
