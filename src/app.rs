@@ -78,7 +78,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
     /// The discovery document, serialised once.
-    pub discovery_json: Arc<[u8]>,
+    pub discovery_json: axum::body::Bytes,
     /// JWKS responses served (200 and 304), for health output and tests.
     pub jwks_requests: Arc<AtomicU64>,
 }
@@ -120,7 +120,7 @@ impl AppState {
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
             Vec::new(),
         );
-        let discovery_json: Arc<[u8]> = serde_json::to_vec(&discovery)?.into();
+        let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
         Ok(Self {
             config: Arc::new(config),
             store: services.store,

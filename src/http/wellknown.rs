@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 
 pub async fn discovery(State(state): State<AppState>) -> Response {
-    let mut r = Response::new(Body::from(state.discovery_json.to_vec()));
+    let mut r = Response::new(Body::from(state.discovery_json.clone()));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -51,7 +51,7 @@ pub async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response
     let mut r = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = Response::new(Body::from(ring.jwks_json.to_vec()));
+        let mut r = Response::new(Body::from(ring.jwks_json.clone()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -128,7 +128,7 @@ pub struct Ring {
     by_kid: HashMap<String, Arc<RingKey>>,
     active: [Option<Arc<RingKey>>; 2],
     /// The serialised JWKS, built once per snapshot.
-    pub jwks_json: Arc<[u8]>,
+    pub jwks_json: axum::body::Bytes,
     /// Strong validator of `jwks_json`.
     pub jwks_etag: String,
 }
@@ -158,10 +158,9 @@ impl Ring {
             }
             by_kid.insert(k.kid().to_string(), k.clone());
         }
-        let jwks_json: Arc<[u8]> = serde_json::to_vec(&JwkSet {
+        let jwks_json = axum::body::Bytes::from(serde_json::to_vec(&JwkSet {
             keys: keys.iter().map(|k| &k.public.jwk).collect(),
-        })?
-        .into();
+        })?);
         let digest = crate::secret::sha256(&jwks_json);
         let jwks_etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..16]));
         Ok(Self {
