@@ -286,6 +286,46 @@ impl TestApp {
         body
     }
 
+    /// POST a raw (possibly malformed) form body to the token endpoint.
+    pub async fn token_raw(
+        &self,
+        client: (&str, &str),
+        body: impl Into<String>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/token"))
+            .basic_auth(client.0, Some(client.1))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET /userinfo, with a bearer token when given.
+    pub async fn userinfo(&self, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.url("/userinfo"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// RFC 7662 introspection as `client`; asserts the response is a 200 with no-store.
+    pub async fn introspect(&self, client: (&str, &str), token: &str) -> Value {
+        let r = self
+            .http
+            .post(self.url("/introspect"))
+            .basic_auth(client.0, Some(client.1))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        r.json().await.unwrap()
+    }
+
     pub async fn refresh(&self, client: (&str, &str), refresh_token: &str) -> reqwest::Response {
         self.token(
             client,

@@ -198,23 +198,11 @@ async fn retiring_the_active_key_needs_emergency_and_replaces_it() {
     assert!(!app.kids().await.contains(&kid));
 
     // Tokens the compromised key signed are now rejected by latchkey itself.
-    let r = app
-        .http
-        .get(app.url("/userinfo"))
-        .bearer_auth(&old_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .http
-        .post(app.url("/introspect"))
-        .basic_auth("web", Some(&secret))
-        .form(&[("token", old_token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["active"], false);
+    assert_eq!(app.userinfo(Some(&old_token)).await.status(), 401);
+    assert_eq!(
+        app.introspect(("web", &secret), &old_token).await["active"],
+        false
+    );
     // The session itself survives: refresh issues tokens from the replacement.
     let r = app
         .refresh(("web", &secret), login["refresh_token"].as_str().unwrap())

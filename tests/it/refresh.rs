@@ -242,14 +242,10 @@ async fn disabling_a_user_ends_logins_and_sessions() {
             .await,
     )
     .await;
-    let r = app
-        .http
-        .get(app.url("/userinfo"))
-        .bearer_auth(login["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        app.userinfo(login["access_token"].as_str()).await.status(),
+        401
+    );
     // Enabled again, alice can log in; the revoked session stays revoked.
     assert!(
         app.cli(&["users", "enable", "alice"], None)

@@ -24,33 +24,11 @@ async fn setup() -> (TestApp, String, Value) {
     (app, secret, login)
 }
 
-async fn userinfo(app: &TestApp, token: Option<&str>) -> reqwest::Response {
-    let mut req = app.http.get(app.url("/userinfo"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.unwrap()
-}
-
-async fn introspect(app: &TestApp, client: (&str, &str), token: &str) -> Value {
-    let r = app
-        .http
-        .post(app.url("/introspect"))
-        .basic_auth(client.0, Some(client.1))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["cache-control"], "no-store");
-    r.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn userinfo_follows_rfc6750() {
     let (app, secret, login) = setup().await;
     let at = login["access_token"].as_str().unwrap();
-    let r = userinfo(&app, Some(at)).await;
+    let r = app.userinfo(Some(at)).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["preferred_username"], "alice");
@@ -58,12 +36,12 @@ async fn userinfo_follows_rfc6750() {
     assert_eq!(body["sub"], crate::helpers::jwt_part(at, 1)["sub"]);
 
     // No token: the bare challenge.
-    let r = userinfo(&app, None).await;
+    let r = app.userinfo(None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"latchkey\"");
 
     // A bad token: invalid_token in the challenge and the body.
-    let r = userinfo(&app, Some("not.a.token")).await;
+    let r = app.userinfo(Some("not.a.token")).await;
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"]
         .to_str()
@@ -86,10 +64,10 @@ async fn userinfo_follows_rfc6750() {
         b64(serde_json::json!({"alg": "none", "kid": header["kid"], "typ": "at+jwt"})),
         at.split('.').nth(1).unwrap()
     );
-    assert_eq!(userinfo(&app, Some(&none)).await.status(), 401);
+    assert_eq!(app.userinfo(Some(&none)).await.status(), 401);
 
     // An ID token is not an access token (typ JWT, not at+jwt).
-    let r = userinfo(&app, login["id_token"].as_str()).await;
+    let r = app.userinfo(login["id_token"].as_str()).await;
     assert_eq!(r.status(), 401);
     assert!(
         r.headers()["www-authenticate"]
@@ -102,7 +80,7 @@ async fn userinfo_follows_rfc6750() {
     let api_only = app
         .login(("web", &secret), "alice", PASSWORD, "api:read")
         .await;
-    let r = userinfo(&app, api_only["access_token"].as_str()).await;
+    let r = app.userinfo(api_only["access_token"].as_str()).await;
     assert_eq!(r.status(), 403);
     assert!(
         r.headers()["www-authenticate"]
@@ -118,15 +96,15 @@ async fn introspection_reports_active_and_inactive_tokens() {
     let client = ("web", secret.as_str());
     let at = login["access_token"].as_str().unwrap();
     let rt = login["refresh_token"].as_str().unwrap();
-    let v = introspect(&app, client, at).await;
+    let v = app.introspect(client, at).await;
     assert_eq!(v["active"], true);
     assert_eq!(v["client_id"], "web");
     assert_eq!(v["scope"], "api:read openid profile");
     assert_eq!(v["token_type"], "Bearer");
-    let v = introspect(&app, client, rt).await;
+    let v = app.introspect(client, rt).await;
     assert_eq!(v["active"], true);
     assert_eq!(v["token_type"], "refresh_token");
-    let v = introspect(&app, client, "garbage").await;
+    let v = app.introspect(client, "garbage").await;
     assert_eq!(v, serde_json::json!({"active": false}));
 
     // Public clients may not introspect.
@@ -158,8 +136,8 @@ async fn revoking_a_refresh_token_ends_the_session() {
     assert_eq!(r.status(), 200);
     assert_eq!(app.refresh(client, rt).await.status(), 400);
     // Access tokens of the revoked session are no longer honoured by latchkey.
-    assert_eq!(introspect(&app, client, at).await["active"], false);
-    assert_eq!(userinfo(&app, Some(at)).await.status(), 401);
+    assert_eq!(app.introspect(client, at).await["active"], false);
+    assert_eq!(app.userinfo(Some(at)).await.status(), 401);
 }
 
 #[tokio::test]
@@ -176,7 +154,7 @@ async fn revoking_an_access_token_denies_its_jti() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(introspect(&app, client, at).await["active"], false);
+    assert_eq!(app.introspect(client, at).await["active"], false);
     // The session's refresh token is untouched.
     assert_eq!(
         app.refresh(client, login["refresh_token"].as_str().unwrap())
@@ -226,9 +204,9 @@ async fn expired_access_tokens_are_rejected_by_latchkey() {
     let at = login["access_token"].as_str().unwrap();
     // Within the lifetime plus 30 s of leeway: still good.
     clock.advance(600 + 29);
-    assert_eq!(userinfo(&app, Some(at)).await.status(), 200);
+    assert_eq!(app.userinfo(Some(at)).await.status(), 200);
     clock.advance(1);
-    let r = userinfo(&app, Some(at)).await;
+    let r = app.userinfo(Some(at)).await;
     assert_eq!(r.status(), 401);
     assert!(
         r.headers()["www-authenticate"]
@@ -236,8 +214,5 @@ async fn expired_access_tokens_are_rejected_by_latchkey() {
             .unwrap()
             .contains("expired")
     );
-    assert_eq!(
-        introspect(&app, ("web", &secret), at).await["active"],
-        false
-    );
+    assert_eq!(app.introspect(("web", &secret), at).await["active"], false);
 }

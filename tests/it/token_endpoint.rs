@@ -184,14 +184,11 @@ async fn invalid_request_errors() {
     .await;
     // A repeated parameter.
     let r = app
-        .http
-        .post(app.url("/token"))
-        .basic_auth("web", Some(&secret))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=password&username=alice&username=bob&password=x")
-        .send()
-        .await
-        .unwrap();
+        .token_raw(
+            ("web", &secret),
+            "grant_type=password&username=alice&username=bob&password=x",
+        )
+        .await;
     let body = expect_error(r, 400, "invalid_request").await;
     assert!(
         body["error_description"]
@@ -211,14 +208,11 @@ async fn invalid_request_errors() {
     expect_error(r, 400, "invalid_request").await;
     // Malformed percent-encoding / invalid UTF-8.
     let r = app
-        .http
-        .post(app.url("/token"))
-        .basic_auth("web", Some(&secret))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=password&username=%FF%FE&password=x")
-        .send()
-        .await
-        .unwrap();
+        .token_raw(
+            ("web", &secret),
+            "grant_type=password&username=%FF%FE&password=x",
+        )
+        .await;
     expect_error(r, 400, "invalid_request").await;
     // Two client authentication methods at once.
     let r = app
@@ -398,15 +392,7 @@ async fn hostile_input_gets_clear_4xx_and_loses_nothing() {
         "grant_type=password&username=alice&password={}",
         "x".repeat(70 * 1024)
     );
-    let r = app
-        .http
-        .post(app.url("/token"))
-        .basic_auth("web", Some(&secret))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
+    let r = app.token_raw(("web", &secret), huge).await;
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
