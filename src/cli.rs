@@ -126,7 +126,7 @@ pub enum KeysCmd {
     },
     /// Rotate: publish a new key now and let it sign once the pre-publication lead passed.
     Rotate {
-        /// Algorithm to rotate (default: tokens.default_alg).
+        /// Only this algorithm (default: every algorithm).
         #[arg(long)]
         alg: Option<String>,
         /// Sign with the new key immediately (skips pre-publication; for emergencies).
@@ -564,33 +564,43 @@ async fn keys(cmd: KeysCmd, config: &Config, clock: SharedClock) -> anyhow::Resu
             Ok(())
         }
         KeysCmd::Rotate { alg, now, out } => {
-            let alg = parse_alg(alg.as_deref(), config.tokens.default_alg)?;
-            let outcome = services.lifecycle.rotate(alg, now, &actor()).await?;
-            if out.json {
-                return print_json(&outcome);
+            // Without --alg every algorithm rotates: whichever a client uses.
+            let algs = match alg.as_deref() {
+                Some(a) => vec![parse_alg(Some(a), config.tokens.default_alg)?],
+                None => Alg::ALL.to_vec(),
+            };
+            let mut outcomes = Vec::new();
+            for alg in algs {
+                outcomes.push(services.lifecycle.rotate(alg, now, &actor()).await?);
             }
-            if outcome.already_pending {
-                println!(
-                    "{} key {} is already pending; it starts signing at {}",
-                    outcome.alg,
-                    outcome.kid,
-                    time(Some(outcome.activate_at))
-                );
-            } else if now {
-                println!("{} key {} is signing now", outcome.alg, outcome.kid);
-                if let Some(old) = &outcome.replaced {
-                    println!("previous key {old} stays published until its tokens expire");
+            if out.json {
+                return print_json(&outcomes);
+            }
+            for outcome in &outcomes {
+                if outcome.already_pending {
+                    println!(
+                        "{} key {} is already pending; it starts signing at {}",
+                        outcome.alg,
+                        outcome.kid,
+                        time(Some(outcome.activate_at))
+                    );
+                } else if now {
+                    println!("{} key {} is signing now", outcome.alg, outcome.kid);
+                    if let Some(old) = &outcome.replaced {
+                        println!("previous key {old} stays published until its tokens expire");
+                    }
+                } else {
+                    println!(
+                        "{} key {} published now; it starts signing at {} (after the pre-publication lead)",
+                        outcome.alg,
+                        outcome.kid,
+                        time(Some(outcome.activate_at)),
+                    );
                 }
+            }
+            if now {
                 eprintln!(
-                    "warning: the new key was not pre-published; verifiers with a cached JWKS will refetch on the unknown kid"
-                );
-            } else {
-                println!(
-                    "{} key {} published now; it starts signing at {} (after the pre-publication lead of {} s)",
-                    outcome.alg,
-                    outcome.kid,
-                    time(Some(outcome.activate_at)),
-                    config.keys.policy(alg).lead_secs
+                    "warning: the new keys were not pre-published; verifiers with a cached JWKS will refetch on the unknown kid"
                 );
             }
             Ok(())

@@ -106,7 +106,7 @@ struct RawKeys {
     kms: String,
     jwks_max_age_secs: u64,
     reload_interval_secs: u64,
-    safety_margin_secs: u64,
+    safety_margin_secs: Option<u64>,
     rs256: RawKeyPolicy,
     es256: RawKeyPolicy,
     aws: RawAws,
@@ -119,7 +119,7 @@ impl Default for RawKeys {
             kms: "local".into(),
             jwks_max_age_secs: 300,
             reload_interval_secs: 2,
-            safety_margin_secs: 60,
+            safety_margin_secs: None,
             rs256: RawKeyPolicy::default(),
             es256: RawKeyPolicy::default(),
             aws: RawAws::default(),
@@ -131,8 +131,8 @@ impl Default for RawKeys {
 #[serde(deny_unknown_fields, default)]
 struct RawKeyPolicy {
     schedule: String,
-    lead_secs: u64,
-    retention_secs: u64,
+    lead_secs: Option<u64>,
+    retention_secs: Option<u64>,
     rsa_bits: u32,
 }
 
@@ -140,8 +140,8 @@ impl Default for RawKeyPolicy {
     fn default() -> Self {
         Self {
             schedule: "@monthly".into(),
-            lead_secs: 24 * 3600,
-            retention_secs: 2 * 24 * 3600,
+            lead_secs: None,
+            retention_secs: None,
             rsa_bits: 2048,
         }
     }
@@ -599,7 +599,11 @@ impl RawKeys {
             300,
             "keys.reload_interval_secs",
         )?;
-        let safety_margin_secs = nonzero(self.safety_margin_secs, "keys.safety_margin_secs")?;
+        // By default the margin scales with the max-age (a fifth of it, at least 2 s).
+        let safety_margin_secs = match self.safety_margin_secs {
+            Some(m) => nonzero(m, "keys.safety_margin_secs")?,
+            None => (jwks_max_age_secs / 5).max(2),
+        };
         let kms = match self.kms.as_str() {
             "local" => KmsConfig::Local,
             "aws" => KmsConfig::Aws(self.aws.validate()?),
@@ -620,16 +624,21 @@ impl RawKeys {
                     raw.schedule
                 ))
             })?;
-            if raw.lead_secs < min_lead {
+            // Unset, the lead and the retention are the shortest safe values: a
+            // key is published exactly as long as a verifier honouring max-age
+            // needs, and kept exactly as long as its tokens can live.
+            let lead_secs = raw.lead_secs.unwrap_or(min_lead);
+            let retention_secs = raw.retention_secs.unwrap_or(min_retention);
+            if lead_secs < min_lead {
                 return Err(invalid(format!(
                     "keys.{name}.lead_secs = {} is shorter than jwks_max_age_secs + reload_interval_secs + safety_margin_secs = {min_lead}: verifiers could see tokens signed by a key they have not fetched",
-                    raw.lead_secs
+                    lead_secs
                 )));
             }
-            if raw.retention_secs < min_retention {
+            if retention_secs < min_retention {
                 return Err(invalid(format!(
                     "keys.{name}.retention_secs = {} is shorter than the longest token lifetime + jwks_max_age_secs + reload_interval_secs + safety_margin_secs = {min_retention}: tokens would outlive their key",
-                    raw.retention_secs
+                    retention_secs
                 )));
             }
             if !matches!(raw.rsa_bits, 2048 | 3072 | 4096) {
@@ -640,8 +649,8 @@ impl RawKeys {
             Ok(KeyPolicy {
                 schedule_expr: raw.schedule,
                 schedule,
-                lead_secs: raw.lead_secs,
-                retention_secs: raw.retention_secs,
+                lead_secs,
+                retention_secs,
                 rsa_bits: raw.rsa_bits,
             })
         };
@@ -861,6 +870,21 @@ mod tests {
         let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_SECURITY__PEPPER", "short")]))
             .unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn lead_and_retention_default_to_the_shortest_safe_values() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        // 300 s max-age + 2 s reload + 60 s margin (a fifth of the max-age).
+        assert_eq!(c.keys.safety_margin_secs, 60);
+        assert_eq!(c.keys.rs256.lead_secs, 362);
+        assert_eq!(c.keys.es256.retention_secs, 600 + 362);
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "1"), ("LATCHKEY_KEYS__RELOAD_INTERVAL_SECS", "1")]),
+        )
+        .unwrap();
+        assert_eq!(c.keys.rs256.lead_secs, 1 + 1 + 2);
     }
 
     #[test]

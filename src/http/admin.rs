@@ -88,20 +88,18 @@ pub async fn rotate(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<RotateOutcome>, ApiError> {
+) -> Result<Json<Vec<RotateOutcome>>, ApiError> {
     let actor = admin(&state, &headers).await?;
     let body: RotateBody = json_body(&body)?;
-    let alg = match body.alg.as_deref() {
-        None => state.config.tokens.default_alg,
-        Some(a) => {
-            Alg::parse(a).ok_or_else(|| Error::invalid_request("alg must be RS256 or ES256"))?
-        }
+    // Without `alg` every algorithm rotates, as with the CLI.
+    let algs = match body.alg.as_deref() {
+        None => Alg::ALL.to_vec(),
+        Some(a) => vec![Alg::parse(a).ok_or_else(|| Error::invalid_request("alg must be RS256 or ES256"))?],
     };
-    let out = state
-        .lifecycle
-        .rotate(alg, body.now, &actor)
-        .await
-        .map_err(lifecycle_error)?;
+    let mut out = Vec::new();
+    for alg in algs {
+        out.push(state.lifecycle.rotate(alg, body.now, &actor).await.map_err(lifecycle_error)?);
+    }
     state.ring.reload().await.map_err(internal)?;
     Ok(Json(out))
 }

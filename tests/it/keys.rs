@@ -66,6 +66,8 @@ async fn rotate_prepublishes_then_activates_and_old_tokens_keep_verifying() {
     let old_kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_string();
 
     let out = cli_json(&app, &["keys", "rotate", "--alg", "RS256", "--json"]).await;
+    assert_eq!(out.as_array().unwrap().len(), 1, "only RS256 rotates");
+    let out = &out[0];
     assert_eq!(out["state"], "pending");
     let new_kid = out["kid"].as_str().unwrap().to_string();
     assert_ne!(new_kid, old_kid);
@@ -144,7 +146,21 @@ async fn rotate_now_signs_at_once_and_keeps_the_old_key_published() {
         .await;
     let old_token = rs256_token(&app, &secret).await;
     let old_kid = jwt_part(&old_token, 0)["kid"].as_str().unwrap().to_string();
-    let out = cli_json(&app, &["keys", "rotate", "--now", "--json"]).await;
+    let all = cli_json(&app, &["keys", "rotate", "--now", "--json"]).await;
+    // Without --alg every algorithm rotates.
+    let algs: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["alg"].as_str().unwrap())
+        .collect();
+    assert_eq!(algs, ["RS256", "ES256"]);
+    let out = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["alg"] == "RS256")
+        .unwrap();
     assert_eq!(out["state"], "active");
     assert_eq!(out["replaced"], old_kid.as_str());
     let new_kid = out["kid"].as_str().unwrap().to_string();

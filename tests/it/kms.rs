@@ -356,6 +356,7 @@ async fn aws_native_server_signs_through_kms() {
         &["keys", "rotate", "--now", "--alg", "ES256", "--json"],
     )
     .await;
+    let out = &out[0];
     assert_eq!(out["state"], "active");
     assert_eq!(out["replaced"], old_es_kid.as_str());
     let new_es_kid = out["kid"].as_str().unwrap().to_string();

@@ -186,7 +186,7 @@ async fn after_a_rotation_new_tokens_verify_without_a_failed_request() {
         )
         .await;
     assert!(out.status.success());
-    let new_kid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["kid"]
+    let new_kid = serde_json::from_slice::<Value>(&out.stdout).unwrap()[0]["kid"]
         .as_str()
         .unwrap()
         .to_string();
