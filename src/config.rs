@@ -881,7 +881,10 @@ mod tests {
         assert_eq!(c.keys.es256.retention_secs, 600 + 362);
         let c = Config::from_toml_str(
             MINIMAL,
-            env(&[("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "1"), ("LATCHKEY_KEYS__RELOAD_INTERVAL_SECS", "1")]),
+            env(&[
+                ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "1"),
+                ("LATCHKEY_KEYS__RELOAD_INTERVAL_SECS", "1"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.keys.rs256.lead_secs, 1 + 1 + 2);

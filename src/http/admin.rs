@@ -94,11 +94,19 @@ pub async fn rotate(
     // Without `alg` every algorithm rotates, as with the CLI.
     let algs = match body.alg.as_deref() {
         None => Alg::ALL.to_vec(),
-        Some(a) => vec![Alg::parse(a).ok_or_else(|| Error::invalid_request("alg must be RS256 or ES256"))?],
+        Some(a) => vec![
+            Alg::parse(a).ok_or_else(|| Error::invalid_request("alg must be RS256 or ES256"))?,
+        ],
     };
     let mut out = Vec::new();
     for alg in algs {
-        out.push(state.lifecycle.rotate(alg, body.now, &actor).await.map_err(lifecycle_error)?);
+        out.push(
+            state
+                .lifecycle
+                .rotate(alg, body.now, &actor)
+                .await
+                .map_err(lifecycle_error)?,
+        );
     }
     state.ring.reload().await.map_err(internal)?;
     Ok(Json(out))
