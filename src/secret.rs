@@ -35,6 +35,12 @@ pub enum SecretError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Two argon2 computations per CPU keep every core busy under a login flood
+/// while memory stays bounded (2 × cores × 19 MiB).
+fn max_concurrent_hashes() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
 /// `n` bytes from OpenSSL's CSPRNG.
 pub fn random_bytes(n: usize) -> Result<Vec<u8>, SecretError> {
     let mut buf = vec![0u8; n];
@@ -82,6 +88,9 @@ pub struct Secrets {
     /// A valid hash of a random password, verified against when a username is
     /// unknown so that both failures cost the same.
     dummy_hash: Arc<String>,
+    /// Bounds the argon2 computations in flight: each holds 19 MiB, so a
+    /// flood of logins queues here instead of exhausting memory.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -100,12 +109,18 @@ impl Secrets {
             pepper,
             client_key: Arc::new(client_key),
             dummy_hash: Arc::new(dummy_hash),
+            hashing: Arc::new(tokio::sync::Semaphore::new(max_concurrent_hashes())),
         })
     }
 
     /// argon2id(pepper) of a password, as a PHC string; runs off the async runtime.
     pub async fn hash_password(&self, password: String) -> Result<String, SecretError> {
         let pepper = self.pepper.clone();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| SecretError::Hash(e.to_string()))?;
         tokio::task::spawn_blocking(move || hash_password_blocking(&pepper, &password)).await?
     }
 
@@ -120,6 +135,11 @@ impl Secrets {
         let pepper = self.pepper.clone();
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_string());
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| SecretError::Hash(e.to_string()))?;
         let ok = tokio::task::spawn_blocking(move || {
             verify_password_blocking(&pepper, &password, &stored)
         })
@@ -235,6 +255,27 @@ mod tests {
                 .verify_client_secret(&secret, &digest)
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_hashing_is_bounded() {
+        let s = secrets(&[3u8; 32]);
+        let limit = max_concurrent_hashes();
+        assert_eq!(s.hashing.available_permits(), limit);
+        // Hold every permit: a verification must wait rather than start.
+        let held = s
+            .hashing
+            .acquire_many(u32::try_from(limit).unwrap())
+            .await
+            .unwrap();
+        let pending = tokio::spawn({
+            let s = s.clone();
+            async move { s.verify_password("x".into(), None).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "hashing started without a permit");
+        drop(held);
+        assert!(!pending.await.unwrap().unwrap());
     }
 
     #[test]
