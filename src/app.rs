@@ -118,7 +118,6 @@ impl AppState {
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
-            Vec::new(),
         );
         let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
         Ok(Self {

@@ -49,7 +49,8 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
     match e {
         LifecycleError::UnknownKid(_)
         | LifecycleError::AlreadyRetired(_)
-        | LifecycleError::ActiveNeedsEmergency(_) => Error::invalid_request(e.to_string()).into(),
+        | LifecycleError::ActiveNeedsEmergency(_)
+        | LifecycleError::Conflict(_) => Error::invalid_request(e.to_string()).into(),
         LifecycleError::Ring(r) => internal(r).into(),
     }
 }

@@ -204,6 +204,8 @@ pub enum LifecycleError {
         "key {0} is the active signing key; rotate first, or retire it with --emergency if it is compromised"
     )]
     ActiveNeedsEmergency(String),
+    #[error("key {0} changed state during the operation; retry")]
+    Conflict(String),
 }
 
 impl From<crate::store::StoreError> for LifecycleError {
@@ -631,13 +633,7 @@ impl Lifecycle {
             if let Some(m) = replacement {
                 self.discard(m, alg, now).await;
             }
-            return Err(LifecycleError::Ring(RingError::Corrupt(
-                kid.to_string(),
-                format!(
-                    "state changed to {} during the operation; retry",
-                    current.state
-                ),
-            )));
+            return Err(LifecycleError::Conflict(kid.to_string()));
         }
         let reason = if emergency {
             "emergency retirement"

@@ -101,6 +101,8 @@ pub enum RingError {
     Corrupt(String, String),
     #[error("no active {0} signing key is loaded")]
     NoActiveKey(&'static str),
+    #[error("random number generator failed: {0}")]
+    Random(String),
     #[error("cannot serialise the token: {0}")]
     Serialize(#[from] serde_json::Error),
 }

@@ -81,14 +81,11 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(issuer: &str, signing_algs: Vec<&'static str>, extra_scopes: Vec<String>) -> Self {
+    /// Only the standard scopes are advertised: API scopes belong to each
+    /// client's registration (OIDC Discovery lets a server list a subset).
+    pub fn new(issuer: &str, signing_algs: Vec<&'static str>) -> Self {
         let at = |path: &str| format!("{issuer}{path}");
-        let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| s.to_string()).collect();
-        for s in extra_scopes {
-            if !scopes.contains(&s) {
-                scopes.push(s);
-            }
-        }
+        let scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| s.to_string()).collect();
         Self {
             issuer: issuer.to_string(),
             jwks_uri: at("/.well-known/jwks.json"),

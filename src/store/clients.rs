@@ -71,22 +71,4 @@ impl Store {
         .await?;
         rows.iter().map(client).collect()
     }
-
-    /// Every scope some client may request, for the discovery document.
-    pub async fn all_client_scopes(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT scopes FROM clients")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out: Vec<String> = Vec::new();
-        for r in rows {
-            let s: String = r.try_get("scopes")?;
-            for t in s.split(' ').filter(|t| !t.is_empty()) {
-                if !out.iter().any(|o| o == t) {
-                    out.push(t.to_string());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
 }

@@ -98,10 +98,6 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// Apply the embedded migrations for this backend.
     pub async fn migrate(&self) -> Result<()> {
         let files: &[(i64, &str, &'static str)] = match self.backend {

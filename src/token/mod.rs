@@ -61,8 +61,7 @@ impl Minter {
     /// An RFC 9068 access token; returns the JWT and its lifetime in seconds.
     pub async fn access_token(&self, grant: &Grant<'_>, alg: Alg) -> Result<String, RingError> {
         let now = self.clock.now();
-        let jti =
-            secret::random_id().map_err(|e| RingError::Corrupt("jti".into(), e.to_string()))?;
+        let jti = secret::random_id().map_err(|e| RingError::Random(e.to_string()))?;
         let claims = AccessClaims {
             iss: &self.issuer,
             sub: grant.subject,
