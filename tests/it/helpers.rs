@@ -196,57 +196,38 @@ impl TestApp {
         v["id"].as_str().unwrap().to_string()
     }
 
-    /// Register a confidential client; returns its generated secret.
-    pub async fn create_client(&self, id: &str, grants: &str, scopes: &str, alg: &str) -> String {
-        let out = self
-            .cli(
-                &[
-                    "clients",
-                    "create",
-                    id,
-                    "--grant-types",
-                    grants,
-                    "--scopes",
-                    scopes,
-                    "--alg",
-                    alg,
-                    "--json",
-                ],
-                None,
-            )
-            .await;
+    /// `clients create ... --json`, asserting success; returns the printed record.
+    async fn clients_create(&self, id: &str, grants: &str, scopes: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "clients",
+            "create",
+            id,
+            "--grant-types",
+            grants,
+            "--scopes",
+            scopes,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args, None).await;
         assert!(
             out.status.success(),
             "clients create failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Register a confidential client; returns its generated secret.
+    pub async fn create_client(&self, id: &str, grants: &str, scopes: &str, alg: &str) -> String {
+        let v = self
+            .clients_create(id, grants, scopes, &["--alg", alg])
+            .await;
         v["client_secret"].as_str().unwrap().to_string()
     }
 
     pub async fn create_public_client(&self, id: &str, grants: &str, scopes: &str) {
-        let out = self
-            .cli(
-                &[
-                    "clients",
-                    "create",
-                    id,
-                    "--public",
-                    "--grant-types",
-                    grants,
-                    "--scopes",
-                    scopes,
-                    "--json",
-                ],
-                None,
-            )
-            .await;
-        assert!(
-            out.status.success(),
-            "clients create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = self.clients_create(id, grants, scopes, &["--public"]).await;
         assert!(v.get("client_secret").is_none());
     }
 

@@ -181,9 +181,12 @@ async fn twenty_concurrent_refreshes_of_one_token_yield_exactly_one_success() {
 }
 
 #[tokio::test]
-async fn expired_refresh_tokens_are_refused() {
+async fn refresh_tokens_expire_when_idle_and_at_the_absolute_limit() {
+    use latchkey::clock::{Clock, ManualClock, SystemClock};
+    let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now()));
     let app = TestApp::spawn_with(Options {
-        top_toml: "[tokens]\nrefresh_idle_ttl_secs = 1\nrefresh_absolute_ttl_secs = 1\n".into(),
+        top_toml: "[tokens]\nrefresh_idle_ttl_secs = 60\nrefresh_absolute_ttl_secs = 150\n".into(),
+        clock: Some(clock.clone()),
         ..Default::default()
     })
     .await;
@@ -191,15 +194,28 @@ async fn expired_refresh_tokens_are_refused() {
     let secret = app
         .create_client("web", "password,refresh_token", "api:read", "RS256")
         .await;
-    let login = app
-        .login(("web", &secret), "alice", PASSWORD, "api:read")
-        .await;
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    expect_invalid_grant(
-        app.refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
-            .await,
-    )
-    .await;
+    let client = ("web", secret.as_str());
+    let rt = |v: &Value| v["refresh_token"].as_str().unwrap().to_string();
+
+    // Idle: used within 60 s it rotates; left 61 s it is dead.
+    let idle = rt(&app.login(client, "alice", PASSWORD, "api:read").await);
+    clock.advance(59);
+    let r = app.refresh(client, &idle).await;
+    assert_eq!(r.status(), 200);
+    let next = rt(&r.json().await.unwrap());
+    clock.advance(61);
+    expect_invalid_grant(app.refresh(client, &next).await).await;
+
+    // Absolute: refreshed every 50 s the login still ends 150 s after it began.
+    let mut token = rt(&app.login(client, "alice", PASSWORD, "api:read").await);
+    for _ in 0..2 {
+        clock.advance(50);
+        let r = app.refresh(client, &token).await;
+        assert_eq!(r.status(), 200);
+        token = rt(&r.json().await.unwrap());
+    }
+    clock.advance(50);
+    expect_invalid_grant(app.refresh(client, &token).await).await;
 }
 
 #[tokio::test]
