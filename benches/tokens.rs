@@ -101,6 +101,7 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    let ctx = latchkey::oauth::RequestContext::default();
     for (alg, client_id, secret) in &secrets {
         c.bench_function(&format!("client_credentials_grant/{}", alg.as_str()), |b| {
             b.iter(|| {
@@ -108,11 +109,11 @@ fn bench(c: &mut Criterion) {
                     client_id: client_id.clone(),
                     secret: Password::new(secret.clone()),
                 };
-                rt.block_on(
-                    state
-                        .tokens
-                        .token(auth, TokenRequest::ClientCredentials { scope: None }),
-                )
+                rt.block_on(state.tokens.token(
+                    auth,
+                    TokenRequest::ClientCredentials { scope: None },
+                    &ctx,
+                ))
                 .unwrap()
             })
         });
@@ -131,6 +132,7 @@ fn bench(c: &mut Criterion) {
                 password: Password::new("bench password".into()),
                 scope: None,
             },
+            &ctx,
         ))
         .unwrap();
     let mut refresh = login.refresh_token.unwrap();
@@ -147,6 +149,7 @@ fn bench(c: &mut Criterion) {
                         refresh_token: Password::new(refresh.clone()),
                         scope: None,
                     },
+                    &ctx,
                 ))
                 .unwrap();
             refresh = r.refresh_token.unwrap();

@@ -149,7 +149,9 @@ impl AppState {
         ));
         let store = self.store.clone();
         tracing::info!(addr = %listener.local_addr()?, issuer = %self.config.issuer, "latchkey serving");
-        let result = axum::serve(listener, crate::http::router(self))
+        let app =
+            crate::http::router(self).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_tx.send(true);

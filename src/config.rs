@@ -72,6 +72,28 @@ fn default_profile() -> String {
 struct RawServer {
     bind: String,
     max_body_bytes: u64,
+    #[serde(deserialize_with = "string_or_list")]
+    trusted_proxies: Vec<String>,
+}
+
+/// A list key given either as a TOML array or, as the environment must, as
+/// one comma-separated string.
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for RawServer {
@@ -79,6 +101,7 @@ impl Default for RawServer {
         Self {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -244,6 +267,55 @@ pub struct Config {
 pub struct ServerConfig {
     pub bind: SocketAddr,
     pub max_body_bytes: usize,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is
+/// a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 peer seen through a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -508,6 +580,19 @@ impl RawConfig {
         )?)
         .map_err(|_| invalid("server.max_body_bytes is too large"))?;
 
+        let trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                IpNet::parse(p.trim()).ok_or_else(|| {
+                    invalid(format!(
+                        "server.trusted_proxies: {p:?} is not an address or CIDR network"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         let url = parse_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections must be at least 1"));
@@ -578,6 +663,7 @@ impl RawConfig {
             server: ServerConfig {
                 bind,
                 max_body_bytes,
+                trusted_proxies,
             },
             database: DatabaseConfig {
                 url,

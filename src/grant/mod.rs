@@ -20,7 +20,7 @@ use crate::clock::SharedClock;
 use crate::config::TokenConfig;
 use crate::keyring::{Alg, RingError};
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, Scope, TokenRequest};
+use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret::{SecretError, Secrets};
 use crate::store::{ClientRow, Store, StoreError};
 use crate::token::Minter;
@@ -72,7 +72,9 @@ impl TokenService {
         &self,
         auth: ClientAuth,
         request: TokenRequest,
+        ctx: &RequestContext,
     ) -> Result<TokenResponse, Error> {
+        let _ = ctx;
         let client = self.authenticate(&auth).await?;
         let grant = request.grant_type();
         if !client.may(grant) {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::extract::form_body;
+use super::extract::{ClientMeta, form_body};
 use crate::app::AppState;
 use crate::grant::internal;
 use crate::oauth::request::{Form, client_auth, parse_token_request};
@@ -38,12 +38,13 @@ fn authorization(headers: &HeaderMap) -> Result<Option<&str>, Error> {
 
 pub async fn token(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
     let (auth, request) = parse_token_request(&body, authorization(&headers)?)?;
-    let response = state.tokens.token(auth, request).await?;
+    let response = state.tokens.token(auth, request, &ctx).await?;
     Ok(no_store(Json(response).into_response()))
 }
 

@@ -11,5 +11,5 @@ pub mod scope;
 pub mod wire;
 
 pub use error::{Error, ErrorCode};
-pub use request::{ClientAuth, GrantType, TokenRequest};
+pub use request::{ClientAuth, GrantType, RequestContext, TokenRequest};
 pub use scope::Scope;

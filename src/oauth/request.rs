@@ -117,6 +117,48 @@ impl ClientAuth {
     }
 }
 
+/// Who is asking, as far as the transport tells: the client address (the TCP
+/// peer, or what a trusted proxy reported), a bounded `User-Agent` and the
+/// `Origin` of a browser request. Domain code records and rate-limits by it;
+/// it never decides anything from it alone.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// Longest `User-Agent` kept, in characters.
+pub const MAX_USER_AGENT_LEN: usize = 256;
+/// Longest `Origin` accepted, in bytes.
+pub const MAX_ORIGIN_LEN: usize = 512;
+
+impl RequestContext {
+    /// Build from raw header values, bounding and cleaning what is kept.
+    pub fn new(
+        ip: Option<std::net::IpAddr>,
+        user_agent: Option<&str>,
+        origin: Option<&str>,
+    ) -> Self {
+        let user_agent = user_agent
+            .map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_USER_AGENT_LEN)
+                    .collect::<String>()
+            })
+            .filter(|ua| !ua.trim().is_empty());
+        let origin = origin
+            .filter(|o| o.len() <= MAX_ORIGIN_LEN && o.is_ascii() && *o != "null")
+            .map(str::to_string);
+        Self {
+            ip,
+            user_agent,
+            origin,
+        }
+    }
+}
+
 /// Decoded form parameters: each name at most once, empty values dropped
 /// ("parameters sent without a value MUST be treated as if they were omitted").
 #[derive(Debug, Default)]
