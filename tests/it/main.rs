@@ -28,3 +28,9 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// Connection limits, timeouts, load shedding, security headers, request ids, readiness.
+mod hardening;
+// HTTPS with rustls: a test CA, certificate reload by call and by file polling.
+mod tls;
+// Graceful shutdown under load, a rolling restart, the binary's signals and JSON logs.
+mod shutdown;
