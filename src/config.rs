@@ -1019,6 +1019,60 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_tls_and_log_format() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(20));
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.filter, None);
+
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_SERVER__HEADER_READ_TIMEOUT_SECS", "3"),
+                ("LATCHKEY_SERVER__TLS__CERT_CHAIN_FILE", "/tls/chain.pem"),
+                ("LATCHKEY_SERVER__TLS__KEY_FILE", "/tls/key.pem"),
+                ("LATCHKEY_LOG__FORMAT", "json"),
+                ("LATCHKEY_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert_chain_file, Path::new("/tls/chain.pem"));
+        assert_eq!(tls.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.filter.as_deref(), Some("debug"));
+
+        for (key, value) in [
+            ("LATCHKEY_SERVER__BODY_READ_TIMEOUT_SECS", "0"),
+            ("LATCHKEY_SERVER__MAX_CONNECTIONS", "0"),
+            ("LATCHKEY_LOG__FORMAT", "xml"),
+            ("LATCHKEY_SERVER__TLS__KEY_FILE", "/tls/key.pem"),
+        ] {
+            assert!(
+                Config::from_toml_str(MINIMAL, env(&[(key, value)])).is_err(),
+                "{key}={value} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn prod_logs_json_unless_told_otherwise() {
+        let prod = "issuer = \"https://id.example.com\"\nprofile = \"prod\"\n";
+        let pepper = ("LATCHKEY_SECURITY__PEPPER", "0123456789abcdef0123456789abcdef");
+        let c = Config::from_toml_str(prod, env(&[pepper])).unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let c = Config::from_toml_str(prod, env(&[pepper, ("LATCHKEY_LOG__FORMAT", "text")]))
+            .unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
     fn env_overrides_nested_and_top_level_keys() {
         let c = Config::from_toml_str(
             MINIMAL,

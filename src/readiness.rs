@@ -95,11 +95,15 @@ impl Probe {
         let ring = self.ring.current();
         let missing: Vec<&str> = Alg::ALL
             .iter()
-            .filter(|a| !ring.active(**a).is_some_and(|k| k.signer.is_some()))
+            .filter(|a| ring.active(**a).is_none_or(|k| k.signer.is_none()))
             .map(|a| a.as_str())
             .collect();
         if missing.is_empty() {
-            r.check("signing_keys", true, format!("ring version {}", ring.version));
+            r.check(
+                "signing_keys",
+                true,
+                format!("ring version {}", ring.version),
+            );
         } else {
             r.check(
                 "signing_keys",
@@ -139,10 +143,7 @@ impl Probe {
                 tracing::warn!(error = %e, "readiness: the database probe failed");
                 Err("unreachable".to_string())
             }
-            Err(_) => Err(format!(
-                "no answer within {}s",
-                DATABASE_TIMEOUT.as_secs()
-            )),
+            Err(_) => Err(format!("no answer within {}s", DATABASE_TIMEOUT.as_secs())),
         };
         *cached = Some((Instant::now(), result.clone()));
         result

@@ -97,7 +97,10 @@ impl Server {
     /// closed, so new connections are refused), let in-flight requests finish
     /// within `shutdown_grace_secs`, stop the key scheduler between two passes,
     /// and close the database pool.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Self {
             state,
             listener,
@@ -186,7 +189,11 @@ async fn accept_loop(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             let n = stats.shed_connections.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
-                tracing::warn!(shed_total = n, limit = cfg.max_connections, "connection limit reached; closing new connections");
+                tracing::warn!(
+                    shed_total = n,
+                    limit = cfg.max_connections,
+                    "connection limit reached; closing new connections"
+                );
             }
             drop(tcp);
             continue;
@@ -339,7 +346,9 @@ impl TlsReloader {
                 // on the next poll because `seen` is only advanced on success.
                 match self.reload() {
                     Ok(()) => seen = now,
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "TLS files changed but cannot be loaded; still serving the previous certificate"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "TLS files changed but cannot be loaded; still serving the previous certificate")
+                    }
                 }
             }
         }
@@ -356,7 +365,12 @@ fn read_certified_key(cfg: &TlsConfig, provider: &CryptoProvider) -> anyhow::Res
         .with_context(|| format!("cannot read {}", cfg.cert_chain_file.display()))?;
     let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} is not a PEM certificate chain", cfg.cert_chain_file.display()))?;
+        .with_context(|| {
+            format!(
+                "{} is not a PEM certificate chain",
+                cfg.cert_chain_file.display()
+            )
+        })?;
     if chain.is_empty() {
         anyhow::bail!("{} holds no certificate", cfg.cert_chain_file.display());
     }

@@ -71,7 +71,13 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
     let ip = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| client_ip(c.0.ip(), req.headers(), &state.config.server.trusted_proxies));
+        .map(|c| {
+            client_ip(
+                c.0.ip(),
+                req.headers(),
+                &state.config.server.trusted_proxies,
+            )
+        });
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -112,15 +118,24 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
     let h = response.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(if html { HTML_CSP } else { API_CSP }),
     );
     if state.config.server.tls.is_some() {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
     }
     if private {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -40,7 +40,10 @@ impl SchedulerStats {
 
     /// Time since the last finished pass; `None` before the first one.
     pub fn since_heartbeat(&self) -> Option<std::time::Duration> {
-        self.heartbeat.lock().ok().and_then(|h| h.map(|t| t.elapsed()))
+        self.heartbeat
+            .lock()
+            .ok()
+            .and_then(|h| h.map(|t| t.elapsed()))
     }
 }
 

@@ -120,7 +120,10 @@ async fn a_body_that_never_completes_is_cut_off_at_the_body_deadline() {
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["error"], "invalid_request", "{v}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(text.contains("x-content-type-options: nosniff"), "{text}");
 }
 
@@ -168,7 +171,10 @@ async fn two_thousand_idle_connections_do_not_stop_a_token_request() {
         .load(std::sync::atomic::Ordering::Relaxed)
         < 2000
     {
-        assert!(Instant::now() < deadline, "the server did not accept 2000 connections");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not accept 2000 connections"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
@@ -177,7 +183,10 @@ async fn two_thousand_idle_connections_do_not_stop_a_token_request() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert!(v["access_token"].is_string());
-    assert!(took < Duration::from_secs(2), "a token request took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a token request took {took:?}"
+    );
     assert_eq!(
         app.server_stats
             .shed_connections
@@ -236,7 +245,10 @@ async fn past_the_connection_limit_new_connections_are_shed_at_once() {
         .load(std::sync::atomic::Ordering::Relaxed)
         > 10
     {
-        assert!(Instant::now() < deadline, "closed connections were not released");
+        assert!(
+            Instant::now() < deadline,
+            "closed connections were not released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let r = client_credentials(&app, &client).await;
@@ -253,7 +265,10 @@ fn assert_security_headers(r: &reqwest::Response, what: &str) {
         latchkey::http::layers::API_CSP,
         "{what}"
     );
-    assert!(h.get("strict-transport-security").is_none(), "{what}: HSTS on plain HTTP");
+    assert!(
+        h.get("strict-transport-security").is_none(),
+        "{what}: HSTS on plain HTTP"
+    );
     assert!(h.get("x-request-id").is_some(), "{what}");
 }
 
@@ -276,7 +291,10 @@ async fn security_headers_on_json_error_and_unmatched_answers() {
     assert_security_headers(&r, "token");
 
     let r = app
-        .token((&client.0, "wrong"), &[("grant_type", "client_credentials")])
+        .token(
+            (&client.0, "wrong"),
+            &[("grant_type", "client_credentials")],
+        )
         .await;
     assert_eq!(r.status(), 401);
     assert_security_headers(&r, "invalid_client");

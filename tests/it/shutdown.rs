@@ -201,7 +201,10 @@ async fn a_rolling_restart_of_one_of_two_replicas_loses_no_accepted_request() {
     );
     assert_eq!(lost.load(Ordering::Relaxed), 0);
     assert_eq!(accepted, answered);
-    assert_eq!(ok, answered, "a request a replica accepted never reached its client");
+    assert_eq!(
+        ok, answered,
+        "a request a replica accepted never reached its client"
+    );
     drop(b);
 }
 
@@ -239,8 +242,14 @@ async fn the_binary_logs_json_reloads_on_sighup_and_stops_on_sigterm() {
     env_vars.extend(
         [
             ("LATCHKEY_SERVER__BIND", format!("127.0.0.1:{port}")),
-            ("LATCHKEY_SERVER__TLS__CERT_CHAIN_FILE", files.chain.display().to_string()),
-            ("LATCHKEY_SERVER__TLS__KEY_FILE", files.key.display().to_string()),
+            (
+                "LATCHKEY_SERVER__TLS__CERT_CHAIN_FILE",
+                files.chain.display().to_string(),
+            ),
+            (
+                "LATCHKEY_SERVER__TLS__KEY_FILE",
+                files.key.display().to_string(),
+            ),
             ("LATCHKEY_SERVER__TLS__POLL_SECS", "3600".to_string()),
             ("LATCHKEY_LOG__FORMAT", "json".to_string()),
             ("LATCHKEY_LOG", "info".to_string()),
@@ -302,7 +311,10 @@ async fn the_binary_logs_json_reloads_on_sighup_and_stops_on_sigterm() {
         if served_certificate(&r).0 == "2002" {
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload the certificate");
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -313,7 +325,11 @@ async fn the_binary_logs_json_reloads_on_sighup_and_stops_on_sigterm() {
         .expect("latchkey did not stop on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
 
     let log = log.await.unwrap();
     assert!(!log.contains("hunter2"), "a query string reached the log");
@@ -342,6 +358,9 @@ async fn the_binary_logs_json_reloads_on_sighup_and_stops_on_sigterm() {
         .iter()
         .filter_map(|l| l["fields"]["message"].as_str())
         .collect();
-    assert!(messages.contains(&"TLS certificate reloaded"), "{messages:?}");
+    assert!(
+        messages.contains(&"TLS certificate reloaded"),
+        "{messages:?}"
+    );
     assert!(messages.contains(&"latchkey stopped"), "{messages:?}");
 }

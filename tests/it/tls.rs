@@ -44,8 +44,10 @@ impl TestCa {
         b.set_subject_name(&name("latchkey test CA")).unwrap();
         b.set_issuer_name(&name("latchkey test CA")).unwrap();
         b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+            .unwrap();
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
         b.append_extension(
@@ -74,8 +76,10 @@ impl TestCa {
         b.set_subject_name(&name(cn)).unwrap();
         b.set_issuer_name(self.cert.subject_name()).unwrap();
         b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
         let ctx = b.x509v3_context(Some(&self.cert), None);
         let san = SubjectAlternativeName::new()
             .ip("127.0.0.1")
@@ -204,19 +208,16 @@ async fn https_reaches_the_token_endpoint_with_hsts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
     assert_eq!(
-        r.headers()["strict-transport-security"],
-        "max-age=31536000"
+        served_certificate(&r),
+        ("1001".into(), "latchkey-one".into())
     );
-    assert_eq!(served_certificate(&r), ("1001".into(), "latchkey-one".into()));
     let v: Value = r.json().await.unwrap();
     assert!(v["access_token"].is_string(), "{v}");
 
     // Plain HTTP on the TLS port gets no answer it could mistake for one.
-    let plain = reqwest::Client::new()
-        .get(app.url("/healthz"))
-        .send()
-        .await;
+    let plain = reqwest::Client::new().get(app.url("/healthz")).send().await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 
     // A client that does not trust the CA is refused.
@@ -224,7 +225,13 @@ async fn https_reaches_the_token_endpoint_with_hsts() {
         .tls_certs_only([])
         .build()
         .unwrap();
-    assert!(untrusting.get(https(&app, "/healthz")).send().await.is_err());
+    assert!(
+        untrusting
+            .get(https(&app, "/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -269,7 +276,10 @@ async fn a_certificate_changed_on_disk_is_picked_up_by_polling() {
         if served_certificate(&r).0 == "4004" {
             break;
         }
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
