@@ -1064,11 +1064,14 @@ mod tests {
     #[test]
     fn prod_logs_json_unless_told_otherwise() {
         let prod = "issuer = \"https://id.example.com\"\nprofile = \"prod\"\n";
-        let pepper = ("LATCHKEY_SECURITY__PEPPER", "0123456789abcdef0123456789abcdef");
+        let pepper = (
+            "LATCHKEY_SECURITY__PEPPER",
+            "0123456789abcdef0123456789abcdef",
+        );
         let c = Config::from_toml_str(prod, env(&[pepper])).unwrap();
         assert_eq!(c.log.format, LogFormat::Json);
-        let c = Config::from_toml_str(prod, env(&[pepper, ("LATCHKEY_LOG__FORMAT", "text")]))
-            .unwrap();
+        let c =
+            Config::from_toml_str(prod, env(&[pepper, ("LATCHKEY_LOG__FORMAT", "text")])).unwrap();
         assert_eq!(c.log.format, LogFormat::Text);
     }
 

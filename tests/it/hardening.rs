@@ -148,8 +148,42 @@ async fn a_request_past_its_deadline_gets_503_in_oauth_json() {
     assert_eq!(v["error"], "temporarily_unavailable", "{v}");
 }
 
+/// The soft and hard limits on open files of this process.
+fn fd_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// Client and server sockets share this process: 2,000 idle connections need
+/// about 4,100 descriptors. Many systems start with a soft limit of 1,024;
+/// raise it up to the hard limit (util-linux `prlimit` acting on this process).
+fn ensure_fd_limit(want: u64) {
+    let (soft, hard) = fd_limits();
+    if soft >= want {
+        return;
+    }
+    let _ = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status();
+    let (soft, hard) = fd_limits();
+    assert!(
+        soft >= want,
+        "this test needs {want} open files; the limit is {soft} (hard {hard}): raise it with ulimit -n"
+    );
+}
+
 #[tokio::test]
 async fn two_thousand_idle_connections_do_not_stop_a_token_request() {
+    ensure_fd_limit(4200);
     let app = TestApp::spawn_with(server("header_read_timeout_secs = 60")).await;
     let client = service_client(&app).await;
     let mut idle = Vec::with_capacity(2000);
