@@ -75,7 +75,7 @@ async fn slowloris_headers_are_cut_off_at_the_header_timeout() {
     )
     .await;
     assert!(
-        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(4),
+        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(6),
         "the connection lived {lived:?} with a 2 s header timeout"
     );
     // hyper answers a header timeout with 408 or by closing; never a 200.
@@ -91,7 +91,7 @@ async fn slowloris_headers_are_cut_off_at_the_header_timeout() {
         .expect("an idle connection stayed open")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(6));
 
     // Normal requests are unaffected.
     let r = app.http.get(app.url("/healthz")).send().await.unwrap();
@@ -113,7 +113,7 @@ async fn a_body_that_never_completes_is_cut_off_at_the_body_deadline() {
     .await;
     let text = String::from_utf8_lossy(&got);
     assert!(
-        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(5),
+        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(6),
         "the connection lived {lived:?} with a 2 s body deadline: {text}"
     );
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
@@ -142,7 +142,10 @@ async fn a_request_past_its_deadline_gets_503_in_oauth_json() {
     .await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-    assert!(lived < Duration::from_secs(5), "{lived:?}");
+    assert!(
+        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(6),
+        "{lived:?}"
+    );
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["error"], "temporarily_unavailable", "{v}");
