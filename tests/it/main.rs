@@ -22,6 +22,8 @@ mod refresh;
 mod resource;
 // Sessions: listing, logout, logout-all, admin revocation, password change, cleanup, storms.
 mod sessions;
+// Browser clients: the refresh token only in an HttpOnly cookie, CORS by registered origin.
+mod cookie;
 // Key ring operations from the CLI while a server runs; restarts.
 mod keys;
 // Scheduled lifecycle across replicas, downtime catch-up, the admin API.
