@@ -613,7 +613,7 @@ async fn a_refresh_storm_beside_a_login_flood_never_fails() {
         flood.push(tokio::spawn(async move {
             let mut n = 0u32;
             while tokio::time::Instant::now() < deadline {
-                let password = if (n + i) % 2 == 0 {
+                let password = if (n + i).is_multiple_of(2) {
                     PASSWORD
                 } else {
                     "wrong password"
