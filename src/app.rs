@@ -20,6 +20,7 @@ use crate::keyring::scheduler::SchedulerStats;
 use crate::oauth::wire::Discovery;
 use crate::readiness::Probe;
 use crate::secret::Secrets;
+use crate::session::Sessions;
 use crate::store::Store;
 use crate::token::Minter;
 
@@ -73,6 +74,7 @@ pub struct AppState {
     pub store: Store,
     pub ring: Arc<KeyRing>,
     pub tokens: TokenService,
+    pub sessions: Sessions,
     pub lifecycle: Lifecycle,
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
@@ -116,6 +118,13 @@ impl AppState {
             clock.clone(),
             config.tokens.clone(),
         );
+        let sessions = Sessions::new(
+            services.store.clone(),
+            ring.clone(),
+            clock.clone(),
+            &config.issuer,
+            tokens.clone(),
+        );
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
@@ -133,6 +142,7 @@ impl AppState {
             store: services.store,
             ring,
             tokens,
+            sessions,
             lifecycle: services.lifecycle,
             clock,
             stats,

@@ -27,5 +27,6 @@ pub mod oauth;
 pub mod readiness;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod token;

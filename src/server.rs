@@ -95,8 +95,8 @@ impl Server {
 
     /// Serve until `shutdown` completes, then: stop accepting (the listener is
     /// closed, so new connections are refused), let in-flight requests finish
-    /// within `shutdown_grace_secs`, stop the key scheduler between two passes,
-    /// and close the database pool.
+    /// within `shutdown_grace_secs`, stop the key scheduler between two passes
+    /// and the session cleanup between two batches, and close the database pool.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -113,6 +113,13 @@ impl Server {
             state.lifecycle.clone(),
             state.ring.clone(),
             state.stats.clone(),
+            stop_rx.clone(),
+        ));
+        let cleanup = tokio::spawn(crate::session::cleanup::run(
+            state.store.clone(),
+            state.clock.clone(),
+            Duration::from_secs(state.config.tokens.cleanup_interval_secs),
+            state.config.tokens.cleanup_batch_size,
             stop_rx.clone(),
         ));
         let watch_task = tls
@@ -142,6 +149,7 @@ impl Server {
         }
         let _ = stop_tx.send(true);
         let _ = sched.await;
+        let _ = cleanup.await;
         if let Some(task) = watch_task {
             let _ = task.await;
         }

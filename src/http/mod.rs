@@ -4,7 +4,9 @@
 //! (`grant`, `keyring`, `token::verify`, `store`) and render the result. Only
 //! this module knows status codes and headers; no handler contains policy.
 
+pub mod account;
 pub mod admin;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -15,16 +17,18 @@ pub mod wellknown;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 
-/// Every route with the layers of [`layers`] around it (outermost first:
-/// request log, security headers, request deadline, body deadline).
+/// Every route with the layers of [`layers`] and [`cors`] around it
+/// (outermost first: request log, security headers, CORS, request deadline,
+/// body deadline).
 pub fn router(state: AppState) -> Router {
     routes()
         .layer(from_fn_with_state(state.clone(), layers::body_deadline))
         .layer(from_fn_with_state(state.clone(), layers::request_deadline))
+        .layer(from_fn_with_state(state.clone(), cors::cors))
         .layer(from_fn_with_state(state.clone(), layers::security_headers))
         .layer(from_fn_with_state(state.clone(), layers::request_log))
         .with_state(state)
@@ -53,4 +57,14 @@ fn routes() -> Router<AppState> {
         .route("/admin/keys/rotate", post(admin::rotate))
         .route("/admin/keys/{kid}/retire", post(admin::retire))
         .route("/admin/events", get(admin::events))
+        .route("/admin/sessions", get(admin::list_sessions))
+        .route("/admin/sessions/{id}", delete(admin::revoke_session))
+        .route(
+            "/admin/users/{username}/sessions",
+            delete(admin::revoke_user_sessions),
+        )
+        .route("/account/sessions", get(account::list))
+        .route("/account/sessions/{id}", delete(account::end))
+        .route("/account/logout", post(account::logout))
+        .route("/account/logout-all", post(account::logout_all))
 }
