@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{AppState, Services};
+use crate::audit::{Event, EventType, RawAuditQuery};
 use crate::clock::{SharedClock, SystemClock, UnixTime};
 use crate::config::Config;
 use crate::keyring::Alg;
@@ -48,9 +49,12 @@ pub enum Command {
     /// Inspect and operate the signing key ring.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Read the event log (key transitions, admin actions).
+    /// Read the event log (the six original columns; see `audit list` for all).
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Query the audit log of security events.
+    #[command(subcommand)]
+    Audit(AuditCmd),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +168,38 @@ pub enum EventsCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Events newest first, filtered; `--json` prints `{"events": [...], "next": cursor}`.
+    List {
+        /// Only events at or after this time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// A user id or username.
+        #[arg(long)]
+        user: Option<String>,
+        /// A client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// An event type, e.g. login.failure or key.activate.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// info, warning or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// The `next` cursor of a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
 /// Logs go to stderr; `LATCHKEY_LOG` sets the filter (default `info` for
 /// `serve`, `warn` otherwise so command output stays clean).
 pub fn init_logging(cli: &Cli) {
@@ -200,6 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients(cmd) => clients(cmd, &config, clock).await,
         Command::Keys(cmd) => keys(cmd, &config, clock).await,
         Command::Events(cmd) => events(cmd, &config, clock).await,
+        Command::Audit(cmd) => audit(cmd, &config, clock).await,
     }
 }
 
@@ -295,6 +332,45 @@ fn time(t: Option<UnixTime>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `users disable|enable`: the switch and its audit event in one transaction.
+async fn set_disabled(
+    services: &Services,
+    clock: &SharedClock,
+    username: &str,
+    disable: bool,
+) -> anyhow::Result<()> {
+    let user_id = services
+        .store
+        .find_user_by_username(username)
+        .await?
+        .map(|u| u.id)
+        .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
+    let (kind, message) = if disable {
+        (EventType::UserDisabled, "sessions revoked")
+    } else {
+        (EventType::UserEnabled, "")
+    };
+    let event = Event::new(kind, clock.now())
+        .actor(actor())
+        .user(&user_id)
+        .subject(username)
+        .message(message)
+        .detail(json!({ "username": username }));
+    if !services
+        .store
+        .set_user_disabled(username, disable, clock.now(), &event)
+        .await?
+    {
+        bail!("no user {username}");
+    }
+    if disable {
+        println!("user {username} disabled; their sessions are revoked");
+    } else {
+        println!("user {username} enabled");
+    }
+    Ok(())
+}
+
 async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
     let services = Services::open(config, clock.clone()).await?;
     match cmd {
@@ -329,7 +405,20 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
             let id = crate::secret::random_id()?;
             services
                 .store
-                .create_user(&id, &username, &hash, email.as_deref(), &roles, clock.now())
+                .create_user(
+                    &id,
+                    &username,
+                    &hash,
+                    email.as_deref(),
+                    &roles,
+                    clock.now(),
+                    &Event::new(EventType::UserCreated, clock.now())
+                        .actor(actor())
+                        .user(&id)
+                        .subject(username.as_str())
+                        .message(format!("user {username} created"))
+                        .detail(json!({ "username": username, "roles": roles })),
+                )
                 .await?;
             if out.json {
                 print_json(&json!({ "id": id, "username": username, "roles": roles }))
@@ -343,42 +432,8 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
         {
             bail!("invalid username {username:?}")
         }
-        UsersCmd::Disable { username } => {
-            if !services
-                .store
-                .set_user_disabled(&username, true, clock.now())
-                .await?
-            {
-                bail!("no user {username}");
-            }
-            services
-                .store
-                .record_event(
-                    clock.now(),
-                    &actor(),
-                    "user.disable",
-                    Some(&username),
-                    "sessions revoked",
-                )
-                .await?;
-            println!("user {username} disabled; their sessions are revoked");
-            Ok(())
-        }
-        UsersCmd::Enable { username } => {
-            if !services
-                .store
-                .set_user_disabled(&username, false, clock.now())
-                .await?
-            {
-                bail!("no user {username}");
-            }
-            services
-                .store
-                .record_event(clock.now(), &actor(), "user.enable", Some(&username), "")
-                .await?;
-            println!("user {username} enabled");
-            Ok(())
-        }
+        UsersCmd::Disable { username } => set_disabled(&services, &clock, &username, true).await,
+        UsersCmd::Enable { username } => set_disabled(&services, &clock, &username, false).await,
         UsersCmd::List { out } => {
             let users = services.store.list_users().await?;
             let mut list = Vec::new();
@@ -462,19 +517,32 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             };
             services
                 .store
-                .create_client(&ClientRow {
-                    client_id: client_id.clone(),
-                    secret_digest: digest,
-                    is_public: public,
-                    grant_types: grants
-                        .iter()
-                        .map(|g| g.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    scopes: scope.to_string(),
-                    token_alg: alg.as_str().to_string(),
-                    created_at: clock.now(),
-                })
+                .create_client(
+                    &ClientRow {
+                        client_id: client_id.clone(),
+                        secret_digest: digest,
+                        is_public: public,
+                        grant_types: grants
+                            .iter()
+                            .map(|g| g.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        scopes: scope.to_string(),
+                        token_alg: alg.as_str().to_string(),
+                        created_at: clock.now(),
+                    },
+                    &Event::new(EventType::ClientCreated, clock.now())
+                        .actor(actor())
+                        .client(&client_id)
+                        .subject(&client_id)
+                        .message(format!("client {client_id} created"))
+                        .detail(json!({
+                            "public": public,
+                            "grant_types": grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                            "scopes": scope.to_string(),
+                            "alg": alg.as_str(),
+                        })),
+                )
                 .await?;
             if out.json {
                 let mut v = json!({ "client_id": client_id });
@@ -672,4 +740,54 @@ async fn events(cmd: EventsCmd, config: &Config, clock: SharedClock) -> anyhow::
             Ok(())
         }
     }
+}
+
+async fn audit(cmd: AuditCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let AuditCmd::List {
+        since,
+        until,
+        user,
+        client,
+        kind,
+        severity,
+        cursor,
+        limit,
+        out,
+    } = cmd;
+    let query = RawAuditQuery {
+        since,
+        until,
+        user,
+        client,
+        kind,
+        severity,
+        cursor,
+        limit: Some(limit.to_string()),
+    }
+    .validate()
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let services = Services::open(config, clock.clone()).await?;
+    let page = crate::audit::Audit::new(services.store.clone(), clock)
+        .query(&query)
+        .await?;
+    if out.json {
+        return print_json(&page);
+    }
+    for e in &page.events {
+        println!(
+            "{}  {:<8} {:<28} {:<24} user={} client={} ip={} {}",
+            time(Some(e.at)),
+            e.severity,
+            e.kind,
+            e.actor,
+            e.user.as_deref().unwrap_or("-"),
+            e.client.as_deref().unwrap_or("-"),
+            e.ip.as_deref().unwrap_or("-"),
+            e.detail
+        );
+    }
+    if let Some(next) = page.next {
+        println!("more: --cursor {next}");
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@
 //! ([`keyring::lifecycle`]) in locked transactions. See ARCHITECTURE.md.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

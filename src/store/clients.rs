@@ -33,7 +33,9 @@ fn client(row: &AnyRow) -> Result<ClientRow> {
 }
 
 impl Store {
-    pub async fn create_client(&self, c: &ClientRow) -> Result<()> {
+    /// Register a client; `event` is written in the same transaction.
+    pub async fn create_client(&self, c: &ClientRow, event: &crate::audit::Event) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -45,9 +47,11 @@ impl Store {
         .bind(&c.scopes)
         .bind(&c.token_alg)
         .bind(c.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_or(e, format!("client {}", c.client_id)))?;
+        crate::audit::append(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 

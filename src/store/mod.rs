@@ -9,6 +9,7 @@
 //! The store knows rows, not policy: it never decides whether a grant is allowed
 //! or a key may rotate; it gives callers transactions in which to decide.
 
+pub mod audit;
 mod clients;
 mod events;
 mod keys;
@@ -22,6 +23,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 
+pub use audit::AuditRow;
 pub use clients::ClientRow;
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
@@ -101,16 +103,30 @@ impl Store {
     /// Apply the embedded migrations for this backend.
     pub async fn migrate(&self) -> Result<()> {
         let files: &[(i64, &str, &'static str)] = match self.backend {
-            Backend::Sqlite => &[(
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            )],
-            Backend::Postgres => &[(
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            )],
+            Backend::Sqlite => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/sqlite/0001_init.sql"),
+                ),
+                (
+                    4,
+                    "audit",
+                    include_str!("../../migrations/sqlite/0004_audit.sql"),
+                ),
+            ],
+            Backend::Postgres => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    4,
+                    "audit",
+                    include_str!("../../migrations/postgres/0004_audit.sql"),
+                ),
+            ],
         };
         let migrations = files
             .iter()

@@ -38,6 +38,7 @@ impl Store {
         email: Option<&str>,
         roles: &[String],
         now: UnixTime,
+        event: &crate::audit::Event,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -59,6 +60,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        crate::audit::append(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -94,12 +96,13 @@ impl Store {
     }
 
     /// Disable or re-enable a login. Disabling also revokes every live
-    /// refresh-token family of the user, in the same transaction.
+    /// refresh-token family of the user, in the same transaction, as is `event`.
     pub async fn set_user_disabled(
         &self,
         username: &str,
         disabled: bool,
         now: UnixTime,
+        event: &crate::audit::Event,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let done =
@@ -122,6 +125,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        crate::audit::append(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }
