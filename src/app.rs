@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
@@ -19,6 +20,7 @@ use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::{self, SchedulerStats};
+use crate::metrics::Metrics;
 use crate::oauth::wire::Discovery;
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -81,6 +83,8 @@ pub struct AppState {
     pub discovery_json: axum::body::Bytes,
     /// JWKS responses served (200 and 304), for health output and tests.
     pub jwks_requests: Arc<AtomicU64>,
+    pub audit: Audit,
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -108,19 +112,23 @@ impl AppState {
             ring.clone(),
             clock.clone(),
         );
+        let metrics = Metrics::new();
         let tokens = TokenService::new(
             services.store.clone(),
             services.secrets.clone(),
             minter,
             clock.clone(),
             config.tokens.clone(),
+            metrics.clone(),
         );
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
         );
         let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
+        let audit = Audit::new(services.store.clone(), clock.clone());
         Ok(Self {
+            audit,
             config: Arc::new(config),
             store: services.store,
             ring,
@@ -130,6 +138,7 @@ impl AppState {
             stats: Arc::new(SchedulerStats::default()),
             discovery_json,
             jwks_requests: Arc::new(AtomicU64::new(0)),
+            metrics,
         })
     }
 
@@ -145,8 +154,32 @@ impl AppState {
             self.lifecycle.clone(),
             self.ring.clone(),
             self.stats.clone(),
-            stop_rx,
+            stop_rx.clone(),
         ));
+        let retention = tokio::spawn(crate::audit::retention::run(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.audit.clone(),
+            stop_rx.clone(),
+        ));
+        let metrics_server = match self.config.metrics.bind {
+            Some(addr) if self.config.metrics.enabled => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on metrics.bind {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "metrics serving");
+                let app = crate::http::metrics_router(self.clone());
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await
+                }))
+            }
+            _ => None,
+        };
         let store = self.store.clone();
         tracing::info!(addr = %listener.local_addr()?, issuer = %self.config.issuer, "latchkey serving");
         let app =
@@ -156,6 +189,10 @@ impl AppState {
             .await;
         let _ = stop_tx.send(true);
         let _ = sched.await;
+        let _ = retention.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         store.close().await;
         result.context("HTTP server failed")
     }

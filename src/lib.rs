@@ -22,6 +22,7 @@ pub mod config;
 pub mod grant;
 pub mod http;
 pub mod keyring;
+pub mod metrics;
 pub mod oauth;
 pub mod secret;
 pub mod store;

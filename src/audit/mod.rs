@@ -123,6 +123,20 @@ impl EventType {
     }
 }
 
+/// The detail of a refused login: why, for the operator (the client is only
+/// ever told `invalid_grant`). The attempted username is recorded only when it
+/// names an existing user: an unknown "username" is often a password typed
+/// into the wrong field.
+pub fn login_failure_detail(user: Option<(&str, &str, bool)>, verified: bool) -> Value {
+    match user {
+        None => serde_json::json!({ "reason": "unknown_user" }),
+        Some((_, username, disabled)) => serde_json::json!({
+            "reason": if disabled && verified { "disabled" } else { "bad_password" },
+            "username": username,
+        }),
+    }
+}
+
 /// The event type of a key-ring action name (`"key.activate"`, ...), as the
 /// lifecycle names its changes. Every name the lifecycle uses is a wire name
 /// above (a unit test holds that); an unknown one is recorded as a manual rotation
@@ -182,8 +196,10 @@ impl Event {
         self
     }
 
+    /// The user concerned (an empty id means none, so callers with an
+    /// `Option` can pass `map_or("", ..)` in one line).
     pub fn user(mut self, user_id: impl Into<String>) -> Self {
-        self.user = Some(user_id.into());
+        self.user = Some(user_id.into()).filter(|u| !u.is_empty());
         self
     }
 
@@ -197,8 +213,9 @@ impl Event {
         self
     }
 
+    /// The session (refresh family) concerned; empty means none.
     pub fn session(mut self, family_id: impl Into<String>) -> Self {
-        self.session = Some(family_id.into());
+        self.session = Some(family_id.into()).filter(|s| !s.is_empty());
         self
     }
 

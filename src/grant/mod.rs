@@ -16,9 +16,11 @@ mod refresh;
 
 use std::sync::Arc;
 
+use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
 use crate::keyring::{Alg, RingError};
+use crate::metrics::Metrics;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret::{SecretError, Secrets};
@@ -35,6 +37,9 @@ pub struct TokenService {
     pub(crate) minter: Minter,
     pub(crate) clock: SharedClock,
     pub(crate) cfg: Arc<TokenConfig>,
+    /// Security events without a transaction of their own (failed logins).
+    pub(crate) audit: Audit,
+    pub(crate) metrics: Metrics,
 }
 
 /// A client that proved who it is.
@@ -57,13 +62,16 @@ impl TokenService {
         minter: Minter,
         clock: SharedClock,
         cfg: TokenConfig,
+        metrics: Metrics,
     ) -> Self {
         Self {
+            audit: Audit::new(store.clone(), clock.clone()),
             store,
             secrets,
             minter,
             clock,
             cfg: Arc::new(cfg),
+            metrics,
         }
     }
 
@@ -74,7 +82,6 @@ impl TokenService {
         request: TokenRequest,
         ctx: &RequestContext,
     ) -> Result<TokenResponse, Error> {
-        let _ = ctx;
         let client = self.authenticate(&auth).await?;
         let grant = request.grant_type();
         if !client.may(grant) {
@@ -83,12 +90,12 @@ impl TokenService {
                 format!("this client may not use the {} grant", grant.as_str()),
             ));
         }
-        match request {
+        let response = match request {
             TokenRequest::Password {
                 username,
                 password,
                 scope,
-            } => password::grant(self, &client, &username, password, scope).await,
+            } => password::grant(self, &client, &username, password, scope, ctx).await,
             TokenRequest::RefreshToken {
                 refresh_token,
                 scope,
@@ -96,7 +103,9 @@ impl TokenService {
             TokenRequest::ClientCredentials { scope } => {
                 client_credentials::grant(self, &client, scope).await
             }
-        }
+        }?;
+        self.metrics.token_issued(grant.as_str(), client.alg);
+        Ok(response)
     }
 
     /// Phase 1: who is the client. Every failure is the same `invalid_client`.

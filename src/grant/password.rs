@@ -5,9 +5,10 @@
 //! timing tells an attacker which part was wrong.
 
 use super::{AuthenticatedClient, TokenService, internal, scope_policy};
+use crate::audit::EventType;
 use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{Error, GrantType, Scope};
+use crate::oauth::{Error, GrantType, RequestContext, Scope};
 use crate::secret;
 use crate::store::NewFamily;
 use crate::token::{Grant, IdentityInfo};
@@ -18,6 +19,7 @@ pub async fn grant(
     username: &str,
     password: Password,
     requested: Option<Scope>,
+    ctx: &RequestContext,
 ) -> Result<TokenResponse, Error> {
     // Scope is checked before the password so that a malformed request costs
     // no hashing; the answer does not depend on the credentials.
@@ -36,7 +38,20 @@ pub async fn grant(
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
-            tracing::info!(client_id = %client.row.client_id, "password grant refused");
+            svc.audit
+                .record(
+                    svc.audit
+                        .event(EventType::LoginFailure)
+                        .client(&client.row.client_id)
+                        .context(ctx)
+                        .detail(crate::audit::login_failure_detail(
+                            user.as_ref()
+                                .map(|u| (u.id.as_str(), u.username.as_str(), u.disabled)),
+                            verified,
+                        ))
+                        .user(user.as_ref().map_or("", |u| u.id.as_str())),
+                )
+                .await;
             return Err(Error::bad_credentials());
         }
     };
@@ -107,7 +122,17 @@ pub async fn grant(
             .map_err(internal)?;
     }
 
-    tracing::info!(client_id = %client.row.client_id, user_id = %user.id, scope = %scope_text, "password grant");
+    svc.audit
+        .record(
+            svc.audit
+                .event(EventType::LoginSuccess)
+                .client(&client.row.client_id)
+                .context(ctx)
+                .user(&user.id)
+                .session(family_id.as_deref().unwrap_or(""))
+                .detail(serde_json::json!({ "grant": "password", "scope": scope_text })),
+        )
+        .await;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

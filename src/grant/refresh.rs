@@ -36,6 +36,7 @@ pub async fn grant(
     {
         RefreshLookup::Fresh(p) => p,
         RefreshLookup::Reused { family } => {
+            svc.metrics.refresh_reuse_detected();
             tracing::warn!(
                 family = %family.id,
                 client_id = %client.row.client_id,

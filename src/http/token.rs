@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::extract::{ClientMeta, form_body};
 use crate::app::AppState;
+use crate::audit::EventType;
 use crate::grant::internal;
 use crate::oauth::request::{Form, client_auth, parse_token_request};
 use crate::oauth::wire::Introspection;
@@ -70,6 +71,7 @@ async fn client_form(
 /// `jti`). Unknown or foreign tokens get 200 too, so the endpoint reveals nothing.
 pub async fn revoke(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -89,7 +91,19 @@ pub async fn revoke(
                 .revoke_family(&family.id, now, "revoked by client")
                 .await
                 .map_err(internal)?;
-            tracing::info!(client_id = %client.row.client_id, family = %family.id, "refresh token revoked");
+            state
+                .audit
+                .record(
+                    state
+                        .audit
+                        .event(EventType::TokenRevoked)
+                        .client(&client.row.client_id)
+                        .context(&ctx)
+                        .user(&family.user_id)
+                        .session(&family.id)
+                        .detail(serde_json::json!({ "token_type": "refresh_token" })),
+                )
+                .await;
         }
     } else if let Ok(claims) =
         verify_access(&state.ring.current(), &state.config.issuer, &token, now)
@@ -100,7 +114,20 @@ pub async fn revoke(
             .revoke_access_token(&claims.jti, claims.exp)
             .await
             .map_err(internal)?;
-        tracing::info!(client_id = %client.row.client_id, jti = %claims.jti, "access token revoked");
+        state
+            .audit
+            .record(
+                state
+                    .audit
+                    .event(EventType::TokenRevoked)
+                    .client(&client.row.client_id)
+                    .context(&ctx)
+                    .user(&claims.sub)
+                    .session(claims.sid.as_deref().unwrap_or(""))
+                    .subject(&claims.jti)
+                    .detail(serde_json::json!({ "token_type": "access_token" })),
+            )
+            .await;
     }
     Ok(no_store(StatusCode::OK.into_response()))
 }
@@ -109,6 +136,7 @@ pub async fn revoke(
 /// clients only (a public client could probe tokens).
 pub async fn introspect(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -159,6 +187,18 @@ pub async fn introspect(
             jti: Some(claims.jti),
             ..Default::default()
         };
+    }
+    if !out.active {
+        state
+            .audit
+            .record(
+                state
+                    .audit
+                    .event(EventType::IntrospectInactive)
+                    .client(&client.row.client_id)
+                    .context(&ctx),
+            )
+            .await;
     }
     Ok(no_store(Json(out).into_response()))
 }

@@ -8,7 +8,7 @@
 //! `keys.reload_interval_secs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -27,6 +27,9 @@ pub struct SchedulerStats {
     pub consecutive_failures: AtomicU64,
     /// Ring reloads that failed.
     pub reload_failures: AtomicU64,
+    /// When the ring was last checked against the database successfully
+    /// (0: never), for the reload-age metric.
+    pub last_reload_ok_at: AtomicI64,
 }
 
 /// Longest wait between retries of a failing transition.
@@ -76,7 +79,11 @@ pub async fn run(
                 Err(e) => retry_at = failed(&lifecycle, &stats, now, &e.to_string(), &[]).await,
             }
         }
-        if let Err(e) = ring.reload_if_changed().await {
+        if let Err(e) = ring
+            .reload_if_changed()
+            .await
+            .map(|_| stats.last_reload_ok_at.store(now, Ordering::Relaxed))
+        {
             stats.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
         }

@@ -162,6 +162,11 @@ impl Store {
         Ok(())
     }
 
+    /// Open connections and how many of them are idle, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
