@@ -121,6 +121,15 @@ impl Metrics {
             "Access tokens issued, by grant type and signing algorithm",
             tokens_issued.clone(),
         );
+        // Every grant × algorithm from zero, so dashboards see the series before the first token.
+        for grant in crate::oauth::GrantType::ALL {
+            for alg in Alg::ALL {
+                let _ = tokens_issued.get_or_create(&TokenLabels {
+                    grant: grant.as_str().to_string(),
+                    alg: alg.as_str().to_string(),
+                });
+            }
+        }
         let refresh_reuse = Counter::default();
         registry.register(
             "refresh_reuse_detected",

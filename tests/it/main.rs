@@ -28,3 +28,9 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// The audit log: each action's event and fields, filters, pagination, retention.
+mod audit;
+// Prometheus /metrics parsed by a real text-format parser; values move.
+mod metrics;
+// The OpenAPI document against the router's routes.
+mod openapi;
