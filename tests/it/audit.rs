@@ -401,12 +401,22 @@ async fn bad_queries_are_clear_400s_and_non_admins_are_refused() {
 
 #[tokio::test]
 async fn cleanup_past_retention_removes_old_rows_only_in_batches() {
-    let app = TestApp::spawn().await;
+    // This server keeps events forever, so only the purge below deletes any.
+    let app = TestApp::spawn_with(crate::helpers::Options {
+        extra_toml: "[audit]\nretention_days = 0\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(latchkey::audit::retention::cutoff(&app.state.config.audit, 0).is_none());
     let now = app.state.clock.now();
     let day = 86_400;
     seed(&app, now - 400 * day, 25).await; // old
     seed(&app, now - 10 * day, 5).await; // recent
-    let cutoff = latchkey::audit::retention::cutoff(&app.state.config.audit, now).unwrap();
+    let year = latchkey::config::AuditConfig {
+        retention_days: Some(365),
+        ..app.state.config.audit.clone()
+    };
+    let cutoff = latchkey::audit::retention::cutoff(&year, now).unwrap();
     assert_eq!(cutoff, now - 365 * day);
     let deleted = latchkey::audit::retention::purge_before(&app.state.store, cutoff, 4)
         .await

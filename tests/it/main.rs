@@ -34,3 +34,5 @@ mod audit;
 mod metrics;
 // The OpenAPI document against the router's routes.
 mod openapi;
+// Known secrets grepped in every captured log line, CLI stderr and audit row.
+pub mod no_secrets;
