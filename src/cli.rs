@@ -55,6 +55,8 @@ pub enum Command {
     /// Query the audit log of security events.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `/openapi.json` serves it).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +239,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys(cmd, &config, clock).await,
         Command::Events(cmd) => events(cmd, &config, clock).await,
         Command::Audit(cmd) => audit(cmd, &config, clock).await,
+        Command::Openapi => print_json(&crate::http::openapi::document(
+            &config,
+            &crate::http::routes(&config),
+        )),
     }
 }
 

@@ -165,6 +165,7 @@ impl RawAuditQuery {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -150,6 +150,7 @@ pub fn document(config: &Config, routes: &[Route]) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

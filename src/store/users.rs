@@ -30,6 +30,11 @@ fn user(row: &AnyRow) -> Result<UserRow> {
 const USER_COLUMNS: &str = "id, username, password_hash, email, disabled, created_at";
 
 impl Store {
+    /// Create a user with roles; `event` is written in the same transaction.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one row, its roles and its event"
+    )]
     pub async fn create_user(
         &self,
         id: &str,

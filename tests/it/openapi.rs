@@ -60,6 +60,16 @@ async fn openapi_lists_exactly_the_routes_the_router_serves() {
         }
     }
 
+    // `latchkey openapi` prints the same document (what CI validates).
+    let out = app.cli(&["openapi"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, doc);
+
     // Path parameters and security are stated.
     let retire = &doc["paths"]["/admin/keys/{kid}/retire"]["post"];
     assert_eq!(retire["parameters"][0]["name"], "kid");
