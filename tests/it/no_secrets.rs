@@ -33,7 +33,10 @@ pub fn install() {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "trace,hyper=debug,hyper_util=debug,h2=debug,reqwest=debug",
+                // Everything latchkey emits, at every level; dependencies at the
+                // level a production filter shows (their debug firehose would slow
+                // every test of the binary for little: sqlx logs no bound values).
+                "info,latchkey=trace,audit=trace",
             ))
             .with_writer(move || Sink(sink.clone()))
             .finish();
