@@ -25,5 +25,6 @@ pub mod keyring;
 pub mod metrics;
 pub mod oauth;
 pub mod secret;
+pub mod session;
 pub mod store;
 pub mod token;

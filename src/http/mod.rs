@@ -9,7 +9,9 @@
 //! built from that table, so adding a route is one row and the document cannot
 //! drift from what is served.
 
+pub mod account;
 pub mod admin;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -31,6 +33,7 @@ use crate::config::Config;
 pub enum Verb {
     Get,
     Post,
+    Delete,
 }
 
 impl Verb {
@@ -38,6 +41,7 @@ impl Verb {
         match self {
             Self::Get => "get",
             Self::Post => "post",
+            Self::Delete => "delete",
         }
     }
 
@@ -45,6 +49,7 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -267,6 +272,49 @@ pub fn routes(config: &Config) -> Vec<Route> {
             )
             .query(AUDIT_QUERY),
         ),
+        route(
+            Get,
+            "/admin/sessions",
+            admin::list_sessions,
+            Doc::new("admin", "A user's live sessions", Admin)
+                .query(&[("user", "The username (required)")]),
+        ),
+        route(
+            Delete,
+            "/admin/sessions/{id}",
+            admin::revoke_session,
+            Doc::new("admin", "End one session", Admin).produces("none"),
+        ),
+        route(
+            Delete,
+            "/admin/users/{username}/sessions",
+            admin::revoke_user_sessions,
+            Doc::new("admin", "End every session of a user", Admin).produces("none"),
+        ),
+        route(
+            Get,
+            "/account/sessions",
+            account::list,
+            Doc::new("account", "The caller's sessions", Bearer),
+        ),
+        route(
+            Delete,
+            "/account/sessions/{id}",
+            account::end,
+            Doc::new("account", "End one of the caller's sessions", Bearer).produces("none"),
+        ),
+        route(
+            Post,
+            "/account/logout",
+            account::logout,
+            Doc::new("account", "End the caller's session", Bearer).produces("none"),
+        ),
+        route(
+            Post,
+            "/account/logout-all",
+            account::logout_all,
+            Doc::new("account", "End every session of the caller", Bearer).produces("none"),
+        ),
     ];
     if config.metrics.enabled && config.metrics.bind.is_none() {
         r.push(metrics_route());
@@ -295,6 +343,10 @@ fn build(table: Vec<Route>, state: AppState) -> Router {
         router = router.route(r.path, r.handler);
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -56,10 +56,14 @@ fn operation(r: &Route) -> Value {
         json!({ "type": "string" })
     };
     let mut responses = Map::new();
-    responses.insert(
-        "200".into(),
-        json!({ "description": "Success", "content": { d.produces: { "schema": ok_schema } } }),
-    );
+    if d.produces == "none" {
+        responses.insert("204".into(), json!({ "description": "Done" }));
+    } else {
+        responses.insert(
+            "200".into(),
+            json!({ "description": "Success", "content": { d.produces: { "schema": ok_schema } } }),
+        );
+    }
     if d.access != Access::Public || d.input != Input::None || !d.query.is_empty() {
         responses.insert(
             "400".into(),

@@ -13,6 +13,7 @@ pub mod audit;
 mod clients;
 mod events;
 mod keys;
+mod rotation;
 mod tokens;
 mod users;
 
@@ -27,7 +28,8 @@ pub use audit::AuditRow;
 pub use clients::ClientRow;
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
-pub use tokens::{FamilyRow, NewFamily, PendingRotation, RefreshLookup};
+pub use rotation::{RotateOutcome, Rotation};
+pub use tokens::{AccessState, FamilyRow, NewFamily, PurgeCounts, RefreshState, TokenState};
 pub use users::UserRow;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -42,6 +44,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("rotation group failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -67,6 +71,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Group-commit writer for refresh rotations (`None` only inside the
+    /// writer tasks themselves).
+    writer: Option<rotation::RotationWriter>,
 }
 
 impl Store {
@@ -97,7 +104,13 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        let mut store = Self {
+            pool,
+            backend,
+            writer: None,
+        };
+        store.writer = Some(rotation::RotationWriter::start(&store));
+        Ok(store)
     }
 
     /// Apply the embedded migrations for this backend.
@@ -110,6 +123,11 @@ impl Store {
                     include_str!("../../migrations/sqlite/0001_init.sql"),
                 ),
                 (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/sqlite/0002_sessions.sql"),
+                ),
+                (
                     4,
                     "audit",
                     include_str!("../../migrations/sqlite/0004_audit.sql"),
@@ -120,6 +138,11 @@ impl Store {
                     1,
                     "init",
                     include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/postgres/0002_sessions.sql"),
                 ),
                 (
                     4,
