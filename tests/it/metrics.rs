@@ -96,18 +96,23 @@ async fn metrics_expose_every_series_and_move_with_requests() {
         .refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
         .await;
     assert_eq!(r.status(), 200);
+    let second: serde_json::Value = r.json().await.unwrap();
+    let r = app
+        .refresh(("web", &secret), second["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), 200);
     let r = app
         .token(("svc", &svc), &[("grant_type", "client_credentials")])
         .await;
     assert_eq!(r.status(), 200);
-    // Reuse of the consumed refresh token.
+    // Reuse of the first refresh token after its successor was used.
     let r = app
         .refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
         .await;
     assert_eq!(r.status(), 400);
     let s2 = scrape(&app, &url, None).await;
     assert_eq!(issued(&s2, "password", "ES256"), 1.0);
-    assert_eq!(issued(&s2, "refresh_token", "ES256"), 1.0);
+    assert_eq!(issued(&s2, "refresh_token", "ES256"), 2.0);
     assert_eq!(issued(&s2, "client_credentials", "RS256"), 1.0);
     assert_eq!(
         value(&s2, "latchkey_refresh_reuse_detected_total", &[]),
@@ -120,7 +125,7 @@ async fn metrics_expose_every_series_and_move_with_requests() {
         "latchkey_http_requests_total",
         &[("route", "/token"), ("method", "POST"), ("status", "200")],
     );
-    assert_eq!(ok, Some(3.0));
+    assert_eq!(ok, Some(4.0));
     let refused = value(
         &s2,
         "latchkey_http_requests_total",

@@ -202,6 +202,13 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
     let rotated = r.json::<Value>().await.unwrap();
     let refresh2 = rotated["refresh_token"].as_str().unwrap().to_string();
     let access2 = rotated["access_token"].as_str().unwrap().to_string();
+    let r = app.refresh(web, &refresh2).await;
+    assert_eq!(r.status(), 200);
+    let refresh2b = r.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The first token again, after its successor was used: reuse.
     assert_eq!(app.refresh(web, &refresh).await.status(), 400);
 
     // A second login for userinfo, introspection, revocation and the admin API.
@@ -212,7 +219,7 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
     assert_eq!(app.userinfo(Some(&access)).await.status(), 401);
     app.introspect(web, &access3).await;
     app.introspect(web, &refresh3).await;
-    app.introspect(web, &refresh2).await;
+    app.introspect(web, &refresh2b).await;
     for token in [&refresh3, &access3] {
         let r = app
             .http
@@ -322,7 +329,7 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
         logs.contains("leaky-web"),
         "this scenario's lines were not captured"
     );
-    assert!(logs.contains("login.failure") && audit.contains("token.revoked"));
+    assert!(logs.contains("login.failure") && audit.contains("token.introspected_inactive"));
     assert!(
         cli_stderr.contains("audit event"),
         "the CLI runs' trace logs were not captured"
@@ -340,6 +347,10 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
         ("chosen client secret", chosen_secret.into()),
         ("refresh token", refresh.clone().into_bytes()),
         ("rotated refresh token", refresh2.clone().into_bytes()),
+        (
+            "twice rotated refresh token",
+            refresh2b.clone().into_bytes(),
+        ),
         ("second refresh token", refresh3.clone().into_bytes()),
         ("master key", master.clone()),
     ];
