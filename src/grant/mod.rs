@@ -10,6 +10,7 @@
 //! Grants return [`oauth::Error`] values; internal failures are logged here and
 //! surface only as `server_error`. Nothing here knows HTTP.
 
+mod client_cache;
 mod client_credentials;
 pub mod issue;
 mod password;
@@ -42,6 +43,7 @@ pub struct TokenService {
     /// Security events without a transaction of their own (failed logins).
     pub(crate) audit: Audit,
     pub(crate) metrics: Metrics,
+    clients: Arc<client_cache::ClientCache>,
 }
 
 /// A token response and how to deliver it.
@@ -93,6 +95,9 @@ impl TokenService {
             secrets,
             minter,
             clock,
+            clients: Arc::new(client_cache::ClientCache::new(
+                std::time::Duration::from_millis(cfg.clients_cache_millis),
+            )),
             cfg: Arc::new(cfg),
             metrics,
         }
@@ -168,8 +173,8 @@ impl TokenService {
     pub async fn authenticate(&self, auth: &ClientAuth) -> Result<AuthenticatedClient, Error> {
         let failed = || Error::invalid_client("client authentication failed");
         let row = self
-            .store
-            .find_client(auth.client_id())
+            .clients
+            .get(&self.store, auth.client_id())
             .await
             .map_err(internal)?;
         let ok = match (auth, &row) {
