@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use latchkey::app::AppState;
+use latchkey::audit::{Event, EventType};
 use latchkey::clock::{SharedClock, SystemClock};
 use latchkey::config::Config;
 use latchkey::keyring::Alg;
@@ -57,17 +58,23 @@ fn bench(c: &mut Criterion) {
             origins: String::new(),
             may_introspect: false,
         };
-        rt.block_on(state.store.create_client(&row)).unwrap();
+        let event = Event::new(EventType::ClientCreated, clock.now()).client(&row.client_id);
+        rt.block_on(state.store.create_client(&row, &event))
+            .unwrap();
         secrets.push((alg, row.client_id, secret));
     }
     let hash = rt
         .block_on(services.secrets.hash_password("bench password".into()))
         .unwrap();
-    rt.block_on(
-        state
-            .store
-            .create_user("u1", "bench", &hash, None, &[], clock.now()),
-    )
+    rt.block_on(state.store.create_user(
+        "u1",
+        "bench",
+        &hash,
+        None,
+        &[],
+        clock.now(),
+        &Event::new(EventType::UserCreated, clock.now()).user("u1"),
+    ))
     .unwrap();
 
     let minter = latchkey::token::Minter::new(

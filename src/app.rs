@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 
+use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
@@ -17,6 +18,7 @@ use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::SchedulerStats;
+use crate::metrics::Metrics;
 use crate::oauth::wire::Discovery;
 use crate::readiness::Probe;
 use crate::secret::Secrets;
@@ -84,6 +86,8 @@ pub struct AppState {
     pub jwks_requests: Arc<AtomicU64>,
     /// The checks behind `/readyz`.
     pub readiness: Arc<Probe>,
+    pub audit: Audit,
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -111,12 +115,14 @@ impl AppState {
             ring.clone(),
             clock.clone(),
         );
+        let metrics = Metrics::new();
         let tokens = TokenService::new(
             services.store.clone(),
             services.secrets.clone(),
             minter,
             clock.clone(),
             config.tokens.clone(),
+            metrics.clone(),
         );
         let sessions = Sessions::new(
             services.store.clone(),
@@ -137,7 +143,9 @@ impl AppState {
             stats.clone(),
             std::time::Duration::from_secs(config.keys.reload_interval_secs),
         ));
+        let audit = Audit::new(services.store.clone(), clock.clone());
         Ok(Self {
+            audit,
             config: Arc::new(config),
             store: services.store,
             ring,
@@ -149,6 +157,7 @@ impl AppState {
             discovery_json,
             jwks_requests: Arc::new(AtomicU64::new(0)),
             readiness,
+            metrics,
         })
     }
 }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{AppState, Services};
+use crate::audit::{Event, EventType, RawAuditQuery};
 use crate::clock::{SharedClock, SystemClock, UnixTime};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::keyring::Alg;
@@ -48,9 +49,14 @@ pub enum Command {
     /// Inspect and operate the signing key ring.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Read the event log (key transitions, admin actions).
+    /// Read the event log (the six original columns; see `audit list` for all).
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Query the audit log of security events.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `/openapi.json` serves it).
+    Openapi,
     /// List and end users' sessions (refresh-token families).
     #[command(subcommand)]
     Sessions(SessionsCmd),
@@ -209,6 +215,38 @@ pub enum EventsCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Events newest first, filtered; `--json` prints `{"events": [...], "next": cursor}`.
+    List {
+        /// Only events at or after this time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (Unix seconds or RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// A user id or username.
+        #[arg(long)]
+        user: Option<String>,
+        /// A client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// An event type, e.g. login.failure or key.activate.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// info, warning or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// The `next` cursor of a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
 /// Logs go to stderr. `LATCHKEY_LOG` sets the filter (default `info` for
 /// `serve`, `warn` otherwise so command output stays clean); `[log] format`
 /// chooses JSON lines (the default under `profile = "prod"`) or text.
@@ -255,6 +293,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients(cmd) => clients(cmd, &config, clock).await,
         Command::Keys(cmd) => keys(cmd, &config, clock).await,
         Command::Events(cmd) => events(cmd, &config, clock).await,
+        Command::Audit(cmd) => audit(cmd, &config, clock).await,
+        Command::Openapi => print_json(&crate::http::openapi::document(
+            &config,
+            &crate::http::routes(&config),
+        )),
         Command::Sessions(cmd) => sessions(cmd, &config, clock).await,
     }
 }
@@ -394,6 +437,45 @@ fn time(t: Option<UnixTime>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `users disable|enable`: the switch and its audit event in one transaction.
+async fn set_disabled(
+    services: &Services,
+    clock: &SharedClock,
+    username: &str,
+    disable: bool,
+) -> anyhow::Result<()> {
+    let user_id = services
+        .store
+        .find_user_by_username(username)
+        .await?
+        .map(|u| u.id)
+        .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
+    let (kind, message) = if disable {
+        (EventType::UserDisabled, "sessions revoked")
+    } else {
+        (EventType::UserEnabled, "")
+    };
+    let event = Event::new(kind, clock.now())
+        .actor(actor())
+        .user(&user_id)
+        .subject(username)
+        .message(message)
+        .detail(json!({ "username": username }));
+    if !services
+        .store
+        .set_user_disabled(username, disable, clock.now(), &event)
+        .await?
+    {
+        bail!("no user {username}");
+    }
+    if disable {
+        println!("user {username} disabled; their sessions are revoked");
+    } else {
+        println!("user {username} enabled");
+    }
+    Ok(())
+}
+
 async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
     let services = Services::open(config, clock.clone()).await?;
     match cmd {
@@ -428,7 +510,20 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
             let id = crate::secret::random_id()?;
             services
                 .store
-                .create_user(&id, &username, &hash, email.as_deref(), &roles, clock.now())
+                .create_user(
+                    &id,
+                    &username,
+                    &hash,
+                    email.as_deref(),
+                    &roles,
+                    clock.now(),
+                    &Event::new(EventType::UserCreated, clock.now())
+                        .actor(actor())
+                        .user(&id)
+                        .subject(username.as_str())
+                        .message(format!("user {username} created"))
+                        .detail(json!({ "username": username, "roles": roles })),
+                )
                 .await?;
             if out.json {
                 print_json(&json!({ "id": id, "username": username, "roles": roles }))
@@ -446,23 +541,21 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 bail!("the password must be at least 8 characters");
             }
             let hash = services.secrets.hash_password(password).await?;
-            let Some((_, ended)) = services
+            let Some((user_id, ended)) = services
                 .store
                 .set_password(&username, &hash, clock.now())
                 .await?
             else {
                 bail!("no user {username}");
             };
-            services
-                .store
-                .record_event(
-                    clock.now(),
-                    &actor(),
-                    "user.password_changed",
-                    Some(&username),
-                    &format!("{ended} sessions ended"),
-                )
-                .await?;
+            let event = Event::new(EventType::PasswordChanged, clock.now())
+                .actor(actor())
+                .user(user_id)
+                .subject(username.as_str())
+                .message(format!("{ended} sessions ended"))
+                .detail(json!({ "sessions_ended": ended }));
+            event.emit();
+            services.store.append_event(&event).await?;
             println!("password of {username} changed; {ended} sessions ended");
             Ok(())
         }
@@ -471,42 +564,8 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
         {
             bail!("invalid username {username:?}")
         }
-        UsersCmd::Disable { username } => {
-            if !services
-                .store
-                .set_user_disabled(&username, true, clock.now())
-                .await?
-            {
-                bail!("no user {username}");
-            }
-            services
-                .store
-                .record_event(
-                    clock.now(),
-                    &actor(),
-                    "user.disable",
-                    Some(&username),
-                    "sessions revoked",
-                )
-                .await?;
-            println!("user {username} disabled; their sessions are revoked");
-            Ok(())
-        }
-        UsersCmd::Enable { username } => {
-            if !services
-                .store
-                .set_user_disabled(&username, false, clock.now())
-                .await?
-            {
-                bail!("no user {username}");
-            }
-            services
-                .store
-                .record_event(clock.now(), &actor(), "user.enable", Some(&username), "")
-                .await?;
-            println!("user {username} enabled");
-            Ok(())
-        }
+        UsersCmd::Disable { username } => set_disabled(&services, &clock, &username, true).await,
+        UsersCmd::Enable { username } => set_disabled(&services, &clock, &username, false).await,
         UsersCmd::List { out } => {
             let users = services.store.list_users().await?;
             let mut list = Vec::new();
@@ -658,22 +717,35 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             };
             services
                 .store
-                .create_client(&ClientRow {
-                    client_id: client_id.clone(),
-                    secret_digest: digest,
-                    is_public: public,
-                    grant_types: grants
-                        .iter()
-                        .map(|g| g.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    scopes: scope.to_string(),
-                    token_alg: alg.as_str().to_string(),
-                    created_at: clock.now(),
-                    refresh_cookie,
-                    origins: origins.join(" "),
-                    may_introspect: introspect,
-                })
+                .create_client(
+                    &ClientRow {
+                        client_id: client_id.clone(),
+                        secret_digest: digest,
+                        is_public: public,
+                        grant_types: grants
+                            .iter()
+                            .map(|g| g.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        scopes: scope.to_string(),
+                        token_alg: alg.as_str().to_string(),
+                        created_at: clock.now(),
+                        refresh_cookie,
+                        origins: origins.join(" "),
+                        may_introspect: introspect,
+                    },
+                    &Event::new(EventType::ClientCreated, clock.now())
+                        .actor(actor())
+                        .client(&client_id)
+                        .subject(&client_id)
+                        .message(format!("client {client_id} created"))
+                        .detail(json!({
+                            "public": public,
+                            "grant_types": grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                            "scopes": scope.to_string(),
+                            "alg": alg.as_str(),
+                        })),
+                )
                 .await?;
             if out.json {
                 let mut v = json!({ "client_id": client_id });
@@ -873,4 +945,54 @@ async fn events(cmd: EventsCmd, config: &Config, clock: SharedClock) -> anyhow::
             Ok(())
         }
     }
+}
+
+async fn audit(cmd: AuditCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let AuditCmd::List {
+        since,
+        until,
+        user,
+        client,
+        kind,
+        severity,
+        cursor,
+        limit,
+        out,
+    } = cmd;
+    let query = RawAuditQuery {
+        since,
+        until,
+        user,
+        client,
+        kind,
+        severity,
+        cursor,
+        limit: Some(limit.to_string()),
+    }
+    .validate()
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let services = Services::open(config, clock.clone()).await?;
+    let page = crate::audit::Audit::new(services.store.clone(), clock)
+        .query(&query)
+        .await?;
+    if out.json {
+        return print_json(&page);
+    }
+    for e in &page.events {
+        println!(
+            "{}  {:<8} {:<28} {:<24} user={} client={} ip={} {}",
+            time(Some(e.at)),
+            e.severity,
+            e.kind,
+            e.actor,
+            e.user.as_deref().unwrap_or("-"),
+            e.client.as_deref().unwrap_or("-"),
+            e.ip.as_deref().unwrap_or("-"),
+            e.detail
+        );
+    }
+    if let Some(next) = page.next {
+        println!("more: --cursor {next}");
+    }
+    Ok(())
 }

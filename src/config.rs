@@ -68,6 +68,10 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 fn default_profile() -> String {
@@ -266,6 +270,42 @@ struct RawSecurity {
     pepper_file: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    retention_days: u64,
+    cleanup_interval_secs: u64,
+    cleanup_batch: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+            cleanup_interval_secs: 3600,
+            cleanup_batch: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    enabled: bool,
+    bind: Option<String>,
+    token: Option<String>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: None,
+            token: None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Stage two: the validated, typed configuration the rest of latchkey reads.
 // ---------------------------------------------------------------------------
@@ -316,6 +356,28 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The audit log's retention and its batched cleanup.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Events older than this many days are deleted; `None` keeps them forever.
+    pub retention_days: Option<u64>,
+    pub cleanup_interval_secs: u64,
+    /// Rows deleted per statement, so SQLite's write lock is held only briefly.
+    pub cleanup_batch: u64,
+}
+
+/// Where `/metrics` is served and who may read it.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A separate listener for `/metrics`; `None` serves it on the main one.
+    pub bind: Option<SocketAddr>,
+    /// A bearer token scrapers must present; `None` leaves `/metrics` open.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -578,6 +640,7 @@ const ENV_ONLY: &[(&str, &str, &str)] = &[
         "secret_access_key",
         "LATCHKEY_KEYS__AWS__SECRET_ACCESS_KEY",
     ),
+    ("metrics", "token", "LATCHKEY_METRICS__TOKEN"),
 ];
 
 fn refuse_file_secrets(table: &toml::Table) -> Result<(), ConfigError> {
@@ -865,6 +928,51 @@ impl RawConfig {
             tokens,
             security: SecurityConfig { pepper },
             log,
+            audit: self.audit.validate()?,
+            metrics: self.metrics.validate()?,
+        })
+    }
+}
+
+impl RawAudit {
+    fn validate(self) -> Result<AuditConfig, ConfigError> {
+        Ok(AuditConfig {
+            retention_days: match self.retention_days {
+                0 => None,
+                d => Some(bounded(d, 1, 36_500, "audit.retention_days")?),
+            },
+            cleanup_interval_secs: bounded(
+                self.cleanup_interval_secs,
+                1,
+                86_400,
+                "audit.cleanup_interval_secs",
+            )?,
+            cleanup_batch: bounded(self.cleanup_batch, 1, 100_000, "audit.cleanup_batch")?,
+        })
+    }
+}
+
+impl RawMetrics {
+    fn validate(self) -> Result<MetricsConfig, ConfigError> {
+        let bind = self
+            .bind
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                b.parse::<SocketAddr>()
+                    .map_err(|_| invalid(format!("metrics.bind {b:?} is not host:port")))
+            })
+            .transpose()?;
+        let token = match self.token {
+            Some(t) if t.len() < 16 => {
+                return Err(invalid("metrics.token must be at least 16 characters"));
+            }
+            Some(t) => Some(Secret::new(t.into_bytes())),
+            None => None,
+        };
+        Ok(MetricsConfig {
+            enabled: self.enabled,
+            bind,
+            token,
         })
     }
 }

@@ -17,12 +17,14 @@
 //! [`http::router`]. See ARCHITECTURE.md.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod grant;
 pub mod http;
 pub mod keyring;
+pub mod metrics;
 pub mod oauth;
 pub mod readiness;
 pub mod secret;

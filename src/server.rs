@@ -122,6 +122,31 @@ impl Server {
             state.config.tokens.cleanup_batch_size,
             stop_rx.clone(),
         ));
+        let retention = tokio::spawn(crate::audit::retention::run(
+            state.store.clone(),
+            state.clock.clone(),
+            state.config.audit.clone(),
+            stop_rx.clone(),
+        ));
+        // `/metrics` on a listener of its own when `[metrics] bind` is set.
+        let metrics_server = match state.config.metrics.bind {
+            Some(addr) if state.config.metrics.enabled => {
+                let metrics_listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on metrics.bind {addr}"))?;
+                tracing::info!(addr = %metrics_listener.local_addr()?, "metrics serving");
+                let app = crate::http::metrics_router(state.clone());
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(metrics_listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await
+                }))
+            }
+            _ => None,
+        };
         let watch_task = tls
             .clone()
             .map(|t| tokio::spawn(t.watch_files(stop_rx.clone())));
@@ -150,6 +175,10 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = sched.await;
         let _ = cleanup.await;
+        let _ = retention.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         if let Some(task) = watch_task {
             let _ = task.await;
         }

@@ -18,9 +18,11 @@ mod refresh;
 
 use std::sync::Arc;
 
+use crate::audit::Audit;
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::TokenConfig;
 use crate::keyring::{Alg, RingError};
+use crate::metrics::Metrics;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret;
@@ -38,6 +40,9 @@ pub struct TokenService {
     pub(crate) minter: Minter,
     pub(crate) clock: SharedClock,
     pub(crate) cfg: Arc<TokenConfig>,
+    /// Security events without a transaction of their own (failed logins).
+    pub(crate) audit: Audit,
+    pub(crate) metrics: Metrics,
     clients: Arc<client_cache::ClientCache>,
 }
 
@@ -82,8 +87,10 @@ impl TokenService {
         minter: Minter,
         clock: SharedClock,
         cfg: TokenConfig,
+        metrics: Metrics,
     ) -> Self {
         Self {
+            audit: Audit::new(store.clone(), clock.clone()),
             store,
             secrets,
             minter,
@@ -92,6 +99,7 @@ impl TokenService {
                 std::time::Duration::from_millis(cfg.clients_cache_millis),
             )),
             cfg: Arc::new(cfg),
+            metrics,
         }
     }
 
@@ -126,6 +134,7 @@ impl TokenService {
                 client_credentials::grant(self, &client, scope).await
             }
         }?;
+        self.metrics.token_issued(grant.as_str(), client.alg);
         Ok(Issued {
             refresh_in_cookie: client.row.refresh_cookie && response.refresh_token.is_some(),
             response,

@@ -7,6 +7,7 @@
 
 use super::issue::{UserIssue, issue_for_user};
 use super::{AuthenticatedClient, SessionStart, TokenService, internal, scope_policy};
+use crate::audit::EventType;
 use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{Error, GrantType, RequestContext, Scope};
@@ -39,7 +40,20 @@ pub async fn grant(
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
-            tracing::info!(client_id = %client.row.client_id, "password grant refused");
+            svc.audit
+                .record(
+                    svc.audit
+                        .event(EventType::LoginFailure)
+                        .client(&client.row.client_id)
+                        .context(ctx)
+                        .detail(crate::audit::login_failure_detail(
+                            user.as_ref()
+                                .map(|u| (u.id.as_str(), u.username.as_str(), u.disabled)),
+                            verified,
+                        ))
+                        .user(user.as_ref().map_or("", |u| u.id.as_str())),
+                )
+                .await;
             return Err(Error::bad_credentials());
         }
     };
@@ -87,6 +101,16 @@ pub async fn grant(
         .await?;
     }
 
-    tracing::info!(client_id = %client.row.client_id, user_id = %user.id, scope = %response.scope, "password grant");
+    svc.audit
+        .record(
+            svc.audit
+                .event(EventType::LoginSuccess)
+                .client(&client.row.client_id)
+                .context(ctx)
+                .user(&user.id)
+                .session(session.as_ref().map_or("", |(_, id)| id.as_str()))
+                .detail(serde_json::json!({ "grant": "password", "scope": response.scope })),
+        )
+        .await;
     Ok(response)
 }

@@ -170,6 +170,7 @@ async fn replay_allowed(
 /// Reuse of a consumed token: revoke the session (every token of it, and via
 /// `sid` its access tokens at latchkey's own endpoints).
 async fn reuse(svc: &TokenService, client: &AuthenticatedClient, state: &RefreshState) -> Error {
+    svc.metrics.refresh_reuse_detected();
     let now = svc.clock.now();
     match svc
         .store

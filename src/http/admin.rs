@@ -5,12 +5,13 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::authenticate;
 use crate::app::AppState;
+use crate::audit::{AuditPage, RawAuditQuery};
 use crate::grant::internal;
 use crate::keyring::Alg;
 use crate::keyring::lifecycle::{
@@ -159,6 +160,22 @@ pub async fn events(
         .await
         .map_err(internal)?;
     Ok(Json(rows))
+}
+
+/// `GET /admin/audit`: one page of security events, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<AuditPage>, ApiError> {
+    admin(&state, &headers).await?;
+    let Query(raw) = Query::<RawAuditQuery>::try_from_uri(&uri)
+        .map_err(|e| Error::invalid_request(format!("malformed query: {}", e.body_text())))?;
+    let query = raw
+        .validate()
+        .map_err(|e| Error::invalid_request(e.to_string()))?;
+    let page = state.audit.query(&query).await.map_err(internal)?;
+    Ok(Json(page))
 }
 
 #[derive(Debug, Deserialize)]

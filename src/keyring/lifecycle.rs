@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use super::kms::{Kms, NewMaterial};
 use super::{Alg, KeyState, RingError};
+use crate::audit::{Event, key_event};
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::KeysConfig;
 use crate::store::{KeyRow, NewKeyRow, RingTx, Store};
@@ -472,22 +473,12 @@ impl Lifecycle {
         now: UnixTime,
         detail: &str,
     ) -> Result<Change, LifecycleError> {
-        tx.record_event(
-            now,
-            actor,
-            action,
-            Some(kid),
-            &format!("{} {detail}", alg.as_str()),
-        )
-        .await?;
-        tracing::info!(
-            action,
-            kid,
-            alg = alg.as_str(),
-            actor,
-            detail,
-            "key ring change"
-        );
+        let event = Event::new(key_event(action), now)
+            .actor(actor)
+            .subject(kid)
+            .message(format!("{} {detail}", alg.as_str()))
+            .detail(serde_json::json!({ "alg": alg.as_str(), "note": detail }));
+        tx.append_event(&event).await?;
         Ok(Change {
             action,
             kid: kid.to_string(),

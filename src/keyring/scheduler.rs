@@ -8,13 +8,14 @@
 //! `keys.reload_interval_secs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::KeyRing;
 use super::lifecycle::Lifecycle;
+use crate::audit::{Event, EventType};
 use crate::clock::UnixTime;
 
 /// Counters an operator alerts on; exported by the health endpoint.
@@ -26,6 +27,9 @@ pub struct SchedulerStats {
     pub consecutive_failures: AtomicU64,
     /// Ring reloads that failed.
     pub reload_failures: AtomicU64,
+    /// When the ring was last checked against the database successfully
+    /// (0: never), for the reload-age metric.
+    pub last_reload_ok_at: AtomicI64,
     /// When the loop last finished a pass (monotonic time, not the wall
     /// clock): readiness reports a loop that stopped passing.
     pub heartbeat: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -79,12 +83,23 @@ pub async fn run(
                         .iter()
                         .map(|(a, e)| format!("{a}: {e}"))
                         .collect();
-                    retry_at = failed(&lifecycle, &stats, now, &detail.join("; ")).await;
+                    retry_at = failed(
+                        &lifecycle,
+                        &stats,
+                        now,
+                        &detail.join("; "),
+                        &report.failures,
+                    )
+                    .await;
                 }
-                Err(e) => retry_at = failed(&lifecycle, &stats, now, &e.to_string()).await,
+                Err(e) => retry_at = failed(&lifecycle, &stats, now, &e.to_string(), &[]).await,
             }
         }
-        if let Err(e) = ring.reload_if_changed().await {
+        if let Err(e) = ring
+            .reload_if_changed()
+            .await
+            .map(|_| stats.last_reload_ok_at.store(now, Ordering::Relaxed))
+        {
             stats.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
         }
@@ -105,6 +120,7 @@ async fn failed(
     stats: &SchedulerStats,
     now: UnixTime,
     detail: &str,
+    kms_failures: &[(&'static str, String)],
 ) -> UnixTime {
     stats.transition_failures.fetch_add(1, Ordering::Relaxed);
     let n = stats.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -120,12 +136,25 @@ async fn failed(
         error = detail,
         "scheduled key transition failed; the current active keys keep signing"
     );
-    if let Err(e) = lifecycle
-        .store()
-        .record_event(now, "scheduler", "key.transition_failed", None, detail)
-        .await
-    {
-        tracing::error!(error = %e, "cannot record the failed transition");
+    // A pass's per-algorithm failures are KMS calls (new material, loading a
+    // pending key); each is recorded as such beside the failed transition.
+    let mut events = vec![
+        Event::new(EventType::KeyTransitionFailed, now)
+            .actor("scheduler")
+            .message(detail)
+            .detail(serde_json::json!({ "error": detail, "consecutive_failures": n })),
+    ];
+    events.extend(kms_failures.iter().map(|(alg, error)| {
+        Event::new(EventType::KmsFailure, now)
+            .actor("scheduler")
+            .message(format!("{alg}: {error}"))
+            .detail(serde_json::json!({ "alg": alg, "error": error }))
+    }));
+    for event in events {
+        event.emit();
+        if let Err(e) = lifecycle.store().append_event(&event).await {
+            tracing::error!(error = %e, "cannot record the failed transition");
+        }
     }
     now + backoff
 }

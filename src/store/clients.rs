@@ -52,7 +52,9 @@ const CLIENT_COLUMNS: &str = "client_id, secret_digest, is_public, grant_types, 
      created_at, refresh_cookie, origins, may_introspect";
 
 impl Store {
-    pub async fn create_client(&self, c: &ClientRow) -> Result<()> {
+    /// Register a client; `event` is written in the same transaction.
+    pub async fn create_client(&self, c: &ClientRow, event: &crate::audit::Event) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, \
              created_at, refresh_cookie, origins, may_introspect) \
@@ -68,9 +70,11 @@ impl Store {
         .bind(super::flag(c.refresh_cookie))
         .bind(&c.origins)
         .bind(super::flag(c.may_introspect))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_or(e, format!("client {}", c.client_id)))?;
+        crate::audit::append(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
-//! The durable event log: key transitions and admin actions (who, what, when, why).
+//! The legacy view of the event log (`events list`, `GET /admin/events`): the
+//! original six columns of every audit event. Writing and the full query API
+//! are in `store::audit`.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use super::{Result, Store};
 use crate::clock::UnixTime;
@@ -15,41 +17,7 @@ pub struct EventRow {
     pub detail: String,
 }
 
-pub(super) async fn record_on(
-    conn: &mut AnyConnection,
-    at: UnixTime,
-    actor: &str,
-    action: &str,
-    subject: Option<&str>,
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(subject)
-    .bind(detail)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 impl Store {
-    /// Record an event outside any other transaction (e.g. a failed KMS call).
-    pub async fn record_event(
-        &self,
-        at: UnixTime,
-        actor: &str,
-        action: &str,
-        subject: Option<&str>,
-        detail: &str,
-    ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        record_on(&mut conn, at, actor, action, subject, detail).await
-    }
-
     /// The newest events first, optionally only one action.
     pub async fn list_events(&self, action: Option<&str>, limit: i64) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(

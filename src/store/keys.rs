@@ -183,15 +183,9 @@ impl RingTx {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn record_event(
-        &mut self,
-        at: UnixTime,
-        actor: &str,
-        action: &str,
-        subject: Option<&str>,
-        detail: &str,
-    ) -> Result<()> {
-        super::events::record_on(&mut self.tx, at, actor, action, subject, detail).await
+    /// Append an audit event to this ring transaction.
+    pub async fn append_event(&mut self, event: &crate::audit::Event) -> Result<()> {
+        crate::audit::append(&mut self.tx, event).await
     }
 
     pub async fn commit(self) -> Result<()> {

@@ -9,6 +9,7 @@
 //! The store knows rows, not policy: it never decides whether a grant is allowed
 //! or a key may rotate; it gives callers transactions in which to decide.
 
+pub mod audit;
 mod clients;
 mod events;
 mod keys;
@@ -23,6 +24,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 
+pub use audit::AuditRow;
 pub use clients::ClientRow;
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
@@ -125,6 +127,11 @@ impl Store {
                     "sessions",
                     include_str!("../../migrations/sqlite/0002_sessions.sql"),
                 ),
+                (
+                    4,
+                    "audit",
+                    include_str!("../../migrations/sqlite/0004_audit.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -136,6 +143,11 @@ impl Store {
                     2,
                     "sessions",
                     include_str!("../../migrations/postgres/0002_sessions.sql"),
+                ),
+                (
+                    4,
+                    "audit",
+                    include_str!("../../migrations/postgres/0004_audit.sql"),
                 ),
             ],
         };
@@ -171,6 +183,11 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Open connections and how many of them are idle, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
     }
 
     pub async fn close(&self) {

@@ -30,6 +30,11 @@ fn user(row: &AnyRow) -> Result<UserRow> {
 const USER_COLUMNS: &str = "id, username, password_hash, email, disabled, created_at";
 
 impl Store {
+    /// Create a user with roles; `event` is written in the same transaction.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one row, its roles and its event"
+    )]
     pub async fn create_user(
         &self,
         id: &str,
@@ -38,6 +43,7 @@ impl Store {
         email: Option<&str>,
         roles: &[String],
         now: UnixTime,
+        event: &crate::audit::Event,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -59,6 +65,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        crate::audit::append(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -94,12 +101,13 @@ impl Store {
     }
 
     /// Disable or re-enable a login. Disabling also revokes every live
-    /// refresh-token family of the user, in the same transaction.
+    /// refresh-token family of the user, in the same transaction, as is `event`.
     pub async fn set_user_disabled(
         &self,
         username: &str,
         disabled: bool,
         now: UnixTime,
+        event: &crate::audit::Event,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let done =
@@ -123,6 +131,7 @@ impl Store {
             .await?;
         }
         super::tokens::bump_revocation_in(&mut tx).await?;
+        crate::audit::append(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -137,6 +137,7 @@ impl TestApp {
 
     /// Start a server on `env` (which may already hold data).
     pub async fn spawn_in(env: Env, options: Options) -> Self {
+        crate::no_secrets::install();
         let listener = TcpListener::bind(("127.0.0.1", options.port.unwrap_or(0)))
             .await
             .unwrap();

@@ -38,3 +38,11 @@ mod hardening;
 mod tls;
 // Graceful shutdown under load, a rolling restart, the binary's signals and JSON logs.
 mod shutdown;
+// The audit log: each action's event and fields, filters, pagination, retention.
+mod audit;
+// Prometheus /metrics parsed by a real text-format parser; values move.
+mod metrics;
+// The OpenAPI document against the router's routes.
+mod openapi;
+// Known secrets grepped in every captured log line, CLI stderr and audit row.
+pub mod no_secrets;
