@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
-use crate::keyring::Alg;
 use crate::keyring::KeyRing;
 use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::{self, SchedulerStats};
+use crate::oauth::Alg;
 use crate::oauth::wire::Discovery;
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -78,7 +78,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
     /// The discovery document, serialised once.
-    pub discovery_json: axum::body::Bytes,
+    pub discovery_json: bytes::Bytes,
     /// JWKS responses served (200 and 304), for health output and tests.
     pub jwks_requests: Arc<AtomicU64>,
 }
@@ -98,9 +98,14 @@ impl AppState {
             Err(e) => tracing::error!(error = %e, "key lifecycle pass failed at start-up"),
         }
         let ring = Arc::new(
-            KeyRing::load(services.store.clone(), services.kms.clone())
-                .await
-                .context("cannot load the key ring")?,
+            KeyRing::load(
+                services.store.clone(),
+                services.kms.clone(),
+                clock.clone(),
+                config.keys.clone(),
+            )
+            .await
+            .context("cannot load the key ring")?,
         );
         let minter = Minter::new(
             &config.issuer,
@@ -119,7 +124,7 @@ impl AppState {
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
         );
-        let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
+        let discovery_json = bytes::Bytes::from(serde_json::to_vec(&discovery)?);
         Ok(Self {
             config: Arc::new(config),
             store: services.store,

@@ -5,17 +5,16 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{AppState, Services};
-use crate::clock::{SharedClock, SystemClock, UnixTime};
+use crate::clock::{SharedClock, UnixTime};
 use crate::config::Config;
-use crate::keyring::Alg;
 use crate::keyring::lifecycle::{self, KeyInfo};
+use crate::oauth::Alg;
 use crate::oauth::{GrantType, Scope};
 use crate::store::ClientRow;
 
@@ -135,10 +134,15 @@ pub enum KeysCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Retire a key: unpublish it now. The active key needs --emergency.
+    /// Retire a key: unpublish it now. The active key, and a retiring key whose
+    /// tokens may still be valid, need --emergency.
     Retire {
+        /// The kid exactly as `keys list` prints it; base64url kids may begin
+        /// with `-`, which is accepted as the value, not read as a flag.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
-        /// The key is compromised: stop signing with it and unpublish it at once.
+        /// The key is compromised: unpublish it at once, even while it signs or
+        /// its tokens are still valid.
         #[arg(long)]
         emergency: bool,
         #[command(flatten)]
@@ -172,7 +176,7 @@ pub fn init_logging(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| default.to_string());
+    let filter = crate::config::log_filter(default);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -181,13 +185,13 @@ pub fn init_logging(cli: &Cli) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config, std::env::vars()).with_context(|| {
+    let config = Config::load(&cli.config, crate::config::process_env()).with_context(|| {
         format!(
             "loading {} (pass --config FILE to use another file)",
             cli.config.display()
         )
     })?;
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = crate::clock::from_config(&config.clock);
     match cli.command {
         Command::Serve => serve(config, clock).await,
         Command::Migrate => {
@@ -234,7 +238,7 @@ async fn shutdown_signal() {
 
 /// Who ran a CLI command, for the event log.
 fn actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = crate::config::operator_name();
     format!("cli:{user}")
 }
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
-use crate::keyring::{Alg, RingError};
+use crate::keyring::RingError;
+use crate::oauth::Alg;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret::{SecretError, Secrets};
@@ -167,6 +168,13 @@ pub fn internal<E: Into<InternalError>>(e: E) -> Error {
         return Error::new(
             ErrorCode::TemporarilyUnavailable,
             "no signing key is available; try again shortly",
+        );
+    }
+    if let InternalError::Ring(RingError::Refused(why)) = &e {
+        tracing::error!(reason = %why, "this replica refuses to sign; token request turned away");
+        return Error::new(
+            ErrorCode::TemporarilyUnavailable,
+            "signing is paused on this server; try again shortly",
         );
     }
     tracing::error!(error = %e, "token request failed");

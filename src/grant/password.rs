@@ -86,10 +86,8 @@ pub async fn grant(
 
     // Stored last: if signing failed above, no orphan session exists.
     if let (Some(token), Some(family_id)) = (&refresh_token, &family_id) {
-        let absolute =
-            now + i64::try_from(svc.cfg.refresh_absolute_ttl_secs).unwrap_or(i64::MAX / 4);
-        let idle = (now + i64::try_from(svc.cfg.refresh_idle_ttl_secs).unwrap_or(i64::MAX / 4))
-            .min(absolute);
+        let absolute = now + svc.cfg.refresh_absolute_ttl().get();
+        let idle = (now + svc.cfg.refresh_idle_ttl().get()).min(absolute);
         svc.store
             .create_family(
                 NewFamily {

@@ -103,8 +103,7 @@ pub async fn grant(
     } else {
         None
     };
-    let idle = (now + i64::try_from(svc.cfg.refresh_idle_ttl_secs).unwrap_or(i64::MAX / 4))
-        .min(family.expires_at);
+    let idle = (now + svc.cfg.refresh_idle_ttl().get()).min(family.expires_at);
     pending
         .commit(&secret::refresh_token_digest(&successor), now, idle)
         .await

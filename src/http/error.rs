@@ -88,6 +88,12 @@ impl IntoResponse for ApiError {
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, c);
         }
+        // RFC 9110 §10.2.3: tell the client when to come back (a replica that
+        // refuses to sign is taken out of rotation or recovers within seconds).
+        if e.code == ErrorCode::TemporarilyUnavailable && !headers.contains_key(header::RETRY_AFTER)
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         response
     }
 }

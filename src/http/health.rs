@@ -1,6 +1,8 @@
-//! `/healthz`: 200 while the database answers and every algorithm has a
-//! loaded signing key; 503 otherwise. It also reports the key scheduler's
-//! failure counters, which an operator alerts on.
+//! `/healthz`: 200 while the database answers and the key ring is ready (every
+//! algorithm has a loaded signing key this replica may use, the ring was
+//! confirmed against the database within `lead − jwks_max_age`, the clock is
+//! within the allowed skew); 503 otherwise. It also reports the key
+//! scheduler's failure counters and the ring's age, which an operator alerts on.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::keyring::Alg;
+use crate::oauth::Alg;
 
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let db_ok = state.store.ping().await.is_ok();
@@ -26,9 +28,8 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
             json!({ "alg": a.as_str(), "kid": kid })
         })
         .collect();
-    let keys_ok = Alg::ALL
-        .iter()
-        .all(|a| ring.active(*a).is_some_and(|k| k.signer.is_some()));
+    let health = state.ring.health();
+    let keys_ok = health.ready;
     let body = json!({
         "status": if db_ok && keys_ok { "ok" } else { "degraded" },
         "database": db_ok,
@@ -38,6 +39,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "key_transition_consecutive_failures": state.stats.consecutive_failures.load(Ordering::Relaxed),
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
         "key_load_failures": state.ring.incomplete_loads(),
+        "key_ring": health,
     });
     let status = if db_ok && keys_ok {
         StatusCode::OK

@@ -1,11 +1,12 @@
-//! The background loop inside `latchkey serve`: apply due lifecycle steps,
-//! reload the ring when its version moves, purge expired token rows.
+//! The background loops inside `latchkey serve`: one reloads the ring when its
+//! version moves (and compares clocks with the database), on its own timer; the
+//! other applies due lifecycle steps and purges expired token rows.
 //!
 //! Every replica runs this loop. Replicas never coordinate directly: each
 //! transition is a locked check-and-swap in the database (see [`super::lifecycle`]),
 //! so exactly one replica performs it and the others find nothing due. A replica
 //! picks up any change (its own, another replica's, or the CLI's) within one
-//! `keys.reload_interval_secs`.
+//! `keys.reload_interval_secs`, however long a transition takes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,14 +34,61 @@ const MAX_BACKOFF_SECS: i64 = 300;
 /// How often expired refresh tokens and denylist rows are purged.
 const PURGE_EVERY_SECS: i64 = 3600;
 
-/// Run until `shutdown` turns true.
+/// Run until `shutdown` turns true: two independent loops, so that a slow or
+/// failing transition (KMS calls of seconds, retried) never delays a reload,
+/// and the staleness that the lead and retention formulas assume (one reload
+/// interval) holds whatever the KMS does.
 pub async fn run(
     lifecycle: Lifecycle,
     ring: Arc<KeyRing>,
     stats: Arc<SchedulerStats>,
+    shutdown: watch::Receiver<bool>,
+) {
+    tokio::join!(
+        reload_loop(&lifecycle, &ring, &stats, shutdown.clone()),
+        transition_loop(&lifecycle, &ring, &stats, shutdown),
+    );
+}
+
+/// Sleep `interval` unless shutdown comes first; true when shutting down.
+async fn pause(interval: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => {}
+        _ = shutdown.changed() => {}
+    }
+    *shutdown.borrow()
+}
+
+/// Every `reload_interval_secs`: pick up ring changes and compare clocks.
+async fn reload_loop(
+    lifecycle: &Lifecycle,
+    ring: &KeyRing,
+    stats: &SchedulerStats,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_secs(lifecycle.config().reload_interval_secs);
+    let interval = Duration::from_secs(lifecycle.config().reload_interval.as_u64());
+    loop {
+        if let Err(e) = ring.reload_if_changed().await {
+            stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
+        }
+        if let Err(e) = ring.check_clock().await {
+            tracing::warn!(error = %e, "cannot read the database clock");
+        }
+        if pause(interval, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Apply due lifecycle steps (with backoff on failure) and purge old rows.
+async fn transition_loop(
+    lifecycle: &Lifecycle,
+    ring: &KeyRing,
+    stats: &SchedulerStats,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_secs(lifecycle.config().reload_interval.as_u64());
     let mut retry_at: UnixTime = 0;
     let mut last_purge: UnixTime = 0;
     loop {
@@ -56,6 +104,11 @@ pub async fn run(
             match lifecycle.tick("scheduler", &loaded).await {
                 Ok(report) if report.failures.is_empty() => {
                     stats.consecutive_failures.store(0, Ordering::Relaxed);
+                    if !report.changes.is_empty()
+                        && let Err(e) = ring.reload_if_changed().await
+                    {
+                        tracing::warn!(error = %e, "reload after a transition failed");
+                    }
                 }
                 Ok(report) => {
                     let detail: Vec<String> = report
@@ -63,14 +116,10 @@ pub async fn run(
                         .iter()
                         .map(|(a, e)| format!("{a}: {e}"))
                         .collect();
-                    retry_at = failed(&lifecycle, &stats, now, &detail.join("; ")).await;
+                    retry_at = failed(lifecycle, stats, now, &detail.join("; ")).await;
                 }
-                Err(e) => retry_at = failed(&lifecycle, &stats, now, &e.to_string()).await,
+                Err(e) => retry_at = failed(lifecycle, stats, now, &e.to_string()).await,
             }
-        }
-        if let Err(e) = ring.reload_if_changed().await {
-            stats.reload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
         }
         if now - last_purge >= PURGE_EVERY_SECS {
             last_purge = now;
@@ -78,11 +127,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "purging expired tokens failed");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
+        if pause(interval, &mut shutdown).await {
             return;
         }
     }

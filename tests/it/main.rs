@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "tests"
+    clippy::disallowed_methods,
+    reason = "tests read their switches from the environment and time from the wall clock"
 )]
 
 mod helpers;
@@ -28,3 +29,5 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// The fault soak: replicas killed, KMS cut, skewed clocks (LATCHKEY_TEST_SOAK_SECS).
+mod soak;
