@@ -1299,4 +1299,100 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn the_committed_config_file_is_valid() {
+        let text = include_str!("../config/latchkey.toml");
+        let c = Config::from_toml_str(text, env(&[])).unwrap();
+        assert_eq!(c.keys.max_published_keys, 64);
+        assert_eq!(c.keys.max_clock_skew.get(), 2);
+    }
+
+    #[test]
+    fn the_margin_covers_skew_and_leeway() {
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_KEYS__MAX_CLOCK_SKEW_SECS", "3"),
+                ("LATCHKEY_KEYS__VERIFIER_LEEWAY_SECS", "2"),
+                ("LATCHKEY_KEYS__SAFETY_MARGIN_SECS", "4"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("= 5"), "{err}");
+        // Unset, the margin is at least that sum.
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "5"),
+                ("LATCHKEY_KEYS__MAX_CLOCK_SKEW_SECS", "3"),
+                ("LATCHKEY_KEYS__VERIFIER_LEEWAY_SECS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.keys.safety_margin.get(), 5);
+        assert_eq!(c.keys.rs256.lead.get(), 5 + 2 + 5);
+        // The unready threshold is the lead not spent on a verifier's cache.
+        assert_eq!(c.keys.max_ring_age().get(), 2 + 5);
+    }
+
+    #[test]
+    fn a_policy_that_could_publish_too_many_keys_is_refused() {
+        // Every 10 s, kept for 700 s: 2 + ceil(702 / 10) = 73 keys per algorithm.
+        let many = env(&[
+            ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "2"),
+            ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "60"),
+            ("LATCHKEY_TOKENS__ID_TTL_SECS", "60"),
+            ("LATCHKEY_KEYS__RS256__SCHEDULE", "*/10 * * * * *"),
+            ("LATCHKEY_KEYS__RS256__RETENTION_SECS", "700"),
+        ]);
+        let err = Config::from_toml_str(MINIMAL, many).unwrap_err();
+        assert!(err.to_string().contains("max_published_keys"), "{err}");
+        // Kept for 70 s: 2 + ceil(72 / 10) = 10, plus ES256's 3: fine at 13...
+        let few = env(&[
+            ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "2"),
+            ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "60"),
+            ("LATCHKEY_TOKENS__ID_TTL_SECS", "60"),
+            ("LATCHKEY_KEYS__RS256__SCHEDULE", "*/10 * * * * *"),
+            ("LATCHKEY_KEYS__RS256__RETENTION_SECS", "70"),
+            ("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS", "13"),
+        ]);
+        Config::from_toml_str(MINIMAL, few.clone()).unwrap();
+        // ...and refused at 12.
+        let mut tight = few;
+        tight.pop();
+        tight.push(("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS".into(), "12".into()));
+        assert!(Config::from_toml_str(MINIMAL, tight).is_err());
+        // Above the verifier crate's limit is refused outright.
+        let err =
+            Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS", "65")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("between 4 and 64"), "{err}");
+    }
+
+    #[test]
+    fn drill_clock_settings_are_refused_in_prod() {
+        let err = Config::from_toml_str(
+            "issuer = \"https://id.example\"\nprofile = \"prod\"\n[clock]\ninsecure_offset_secs = 3\n",
+            env(&[(
+                "LATCHKEY_SECURITY__PEPPER",
+                "0123456789abcdef0123456789abcdef",
+            )]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prod"), "{err}");
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_CLOCK__INSECURE_OFFSET_SECS", "-4")]),
+        )
+        .unwrap();
+        assert_eq!(c.clock.insecure_offset_secs, -4);
+    }
+
+    #[test]
+    fn max_age_below_a_second_is_refused() {
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("jwks_max_age_secs"), "{err}");
+    }
 }

@@ -596,11 +596,11 @@ async fn fault_soak() {
 
     // 4. Roll every replica (SIGTERM, restart, wait until healthy).
     sleep_until(at(0.70)).await;
-    for i in 0..3 {
-        replicas[i].stop().await;
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        replica.stop().await;
         let ep = endpoint_of(i, &proxy);
-        replicas[i].start(&ep, &alias, &db, 0).await;
-        wait_healthy(&http, &replicas[i].url("/healthz"), Duration::from_secs(30)).await;
+        replica.start(&ep, &alias, &db, 0).await;
+        wait_healthy(&http, &replica.url("/healthz"), Duration::from_secs(30)).await;
     }
     eprintln!("soak: rolled every replica");
 

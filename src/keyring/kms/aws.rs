@@ -499,7 +499,8 @@ where
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "tests"
+    clippy::disallowed_methods,
+    reason = "tests; they read their switches from the environment"
 )]
 mod tests {
     use std::time::{Instant, SystemTime, UNIX_EPOCH};
