@@ -226,8 +226,6 @@ async fn a_rotation_missed_during_downtime_happens_exactly_once_on_start() {
     let options = |clock: Arc<ManualClock>| {
         Options {
         clock: Some(clock),
-        // The manual clock is days away from the database's.
-        top_toml: "[clock]\ninsecure_skip_database_check = true\n".into(),
         extra_toml: "[keys.rs256]\nschedule = \"0 0 0 * * *\"\nlead_secs = 3600\nretention_secs = 7200\n\
                      [keys.es256]\nschedule = \"0 0 0 * * *\"\nlead_secs = 3600\nretention_secs = 7200\n"
             .into(),
