@@ -1,6 +1,7 @@
 //! The background loops inside `latchkey serve`: one reloads the ring when its
 //! version moves (and compares clocks with the database), on its own timer; the
-//! other applies due lifecycle steps and purges expired token rows.
+//! other applies due lifecycle steps (expired token rows are purged by
+//! `session::cleanup`).
 //!
 //! Every replica runs this loop. Replicas never coordinate directly: each
 //! transition is a locked check-and-swap in the database (see [`super::lifecycle`]),
@@ -31,8 +32,6 @@ pub struct SchedulerStats {
 
 /// Longest wait between retries of a failing transition.
 const MAX_BACKOFF_SECS: i64 = 300;
-/// How often expired refresh tokens and denylist rows are purged.
-const PURGE_EVERY_SECS: i64 = 3600;
 
 /// Run until `shutdown` turns true: two independent loops, so that a slow or
 /// failing transition (KMS calls of seconds, retried) never delays a reload,
@@ -81,7 +80,7 @@ async fn reload_loop(
     }
 }
 
-/// Apply due lifecycle steps (with backoff on failure) and purge old rows.
+/// Apply due lifecycle steps, with backoff on failure.
 async fn transition_loop(
     lifecycle: &Lifecycle,
     ring: &KeyRing,
@@ -90,7 +89,6 @@ async fn transition_loop(
 ) {
     let interval = Duration::from_secs(lifecycle.config().reload_interval.as_u64());
     let mut retry_at: UnixTime = 0;
-    let mut last_purge: UnixTime = 0;
     loop {
         let now = lifecycle.clock().now();
         if now >= retry_at {
@@ -119,12 +117,6 @@ async fn transition_loop(
                     retry_at = failed(lifecycle, stats, now, &detail.join("; ")).await;
                 }
                 Err(e) => retry_at = failed(lifecycle, stats, now, &e.to_string()).await,
-            }
-        }
-        if now - last_purge >= PURGE_EVERY_SECS {
-            last_purge = now;
-            if let Err(e) = lifecycle.store().purge_expired(now).await {
-                tracing::warn!(error = %e, "purging expired tokens failed");
             }
         }
         if pause(interval, &mut shutdown).await {
