@@ -245,8 +245,13 @@ pub struct RingHealth {
 
 /// Observations the reload loop makes, read by signing and health.
 struct Watch {
-    /// When the snapshot was last confirmed current (0: never).
-    confirmed_at: AtomicI64,
+    /// Monotonic reference for `confirmed_ms`. The ring's age is elapsed
+    /// time, not a wall-clock reading: a clock that jumps (a manual clock in
+    /// tests, a host clock stepped by NTP) must not make a fresh ring stale.
+    started: std::time::Instant,
+    /// Milliseconds after `started` at which the snapshot was last confirmed
+    /// current against the database.
+    confirmed_ms: AtomicU64,
     /// Local minus database clock at the last check; `i64::MIN`: unknown.
     skew: AtomicI64,
     skipped: Mutex<Vec<SkippedRow>>,
@@ -280,7 +285,8 @@ impl KeyRing {
             clock,
             cfg,
             watch: Watch {
-                confirmed_at: AtomicI64::new(0),
+                started: std::time::Instant::now(),
+                confirmed_ms: AtomicU64::new(0),
                 skew: AtomicI64::new(i64::MIN),
                 skipped: Mutex::new(Vec::new()),
             },
@@ -310,9 +316,15 @@ impl KeyRing {
     }
 
     fn confirmed(&self) {
-        self.watch
-            .confirmed_at
-            .store(self.clock.now(), Ordering::Relaxed);
+        let ms = u64::try_from(self.watch.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.watch.confirmed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whole seconds since the snapshot was last confirmed current.
+    fn ring_age(&self) -> i64 {
+        let now = u64::try_from(self.watch.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let age = now.saturating_sub(self.watch.confirmed_ms.load(Ordering::Relaxed)) / 1000;
+        i64::try_from(age).unwrap_or(i64::MAX)
     }
 
     /// Why signing with `alg` is refused at `now`, if it is.
@@ -323,8 +335,7 @@ impl KeyRing {
         {
             return Some(Refusal::ClockSkew);
         }
-        let confirmed = self.watch.confirmed_at.load(Ordering::Relaxed);
-        if now.saturating_sub(confirmed) > self.cfg.max_sign_staleness().get() {
+        if self.ring_age() > self.cfg.max_sign_staleness().get() {
             return Some(Refusal::StaleRing);
         }
         if now > ring.sign_until(alg) {
@@ -344,7 +355,7 @@ impl KeyRing {
     pub fn health(&self) -> RingHealth {
         let now = self.clock.now();
         let ring = self.current();
-        let since = now.saturating_sub(self.watch.confirmed_at.load(Ordering::Relaxed));
+        let since = self.ring_age();
         let max_age = self.cfg.max_ring_age().get();
         let refusals: Vec<_> = Alg::ALL
             .iter()
