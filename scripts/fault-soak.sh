@@ -42,8 +42,8 @@ fi
 export LATCHKEY_TEST_KMS_ENDPOINT
 
 LATCHKEY_TEST_SOAK_SECS="$SECS" cargo test --test it soak::fault_soak -- --nocapture --test-threads 1 2>&1 |
-    tee "$log" | grep -E '^(rotations |soak: |test soak|thread )' || true
-grep -q '^test soak::fault_soak ... ok' "$log" || {
+    tee "$log" | grep -E '^(rotations |soak: |thread )' || true
+grep -q '^test result: ok. 1 passed' "$log" || {
     echo "fault soak FAILED" >&2
     tail -40 "$log" >&2
     exit 1
