@@ -12,13 +12,13 @@ use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
-use crate::keyring::Alg;
 use crate::keyring::KeyRing;
 use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::SchedulerStats;
 use crate::metrics::Metrics;
+use crate::oauth::Alg;
 use crate::oauth::wire::Discovery;
 use crate::readiness::Probe;
 use crate::secret::Secrets;
@@ -81,7 +81,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
     /// The discovery document, serialised once.
-    pub discovery_json: axum::body::Bytes,
+    pub discovery_json: bytes::Bytes,
     /// JWKS responses served (200 and 304), for health output and tests.
     pub jwks_requests: Arc<AtomicU64>,
     /// The checks behind `/readyz`.
@@ -105,9 +105,14 @@ impl AppState {
             Err(e) => tracing::error!(error = %e, "key lifecycle pass failed at start-up"),
         }
         let ring = Arc::new(
-            KeyRing::load(services.store.clone(), services.kms.clone())
-                .await
-                .context("cannot load the key ring")?,
+            KeyRing::load(
+                services.store.clone(),
+                services.kms.clone(),
+                clock.clone(),
+                config.keys.clone(),
+            )
+            .await
+            .context("cannot load the key ring")?,
         );
         let minter = Minter::new(
             &config.issuer,
@@ -141,7 +146,7 @@ impl AppState {
             services.store.clone(),
             ring.clone(),
             stats.clone(),
-            std::time::Duration::from_secs(config.keys.reload_interval_secs),
+            std::time::Duration::from_secs(config.keys.reload_interval.as_u64()),
         ));
         let audit = Audit::new(services.store.clone(), clock.clone());
         Ok(Self {

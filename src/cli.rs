@@ -5,7 +5,6 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -13,10 +12,10 @@ use serde_json::json;
 
 use crate::app::{AppState, Services};
 use crate::audit::{Event, EventType, RawAuditQuery};
-use crate::clock::{SharedClock, SystemClock, UnixTime};
+use crate::clock::{SharedClock, UnixTime};
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::keyring::Alg;
 use crate::keyring::lifecycle::{self, KeyInfo};
+use crate::oauth::Alg;
 use crate::oauth::{GrantType, Scope};
 use crate::store::ClientRow;
 
@@ -186,10 +185,15 @@ pub enum KeysCmd {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Retire a key: unpublish it now. The active key needs --emergency.
+    /// Retire a key: unpublish it now. The active key, and a retiring key whose
+    /// tokens may still be valid, need --emergency.
     Retire {
+        /// The kid exactly as `keys list` prints it; base64url kids may begin
+        /// with `-`, which is accepted as the value, not read as a flag.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
-        /// The key is compromised: stop signing with it and unpublish it at once.
+        /// The key is compromised: unpublish it at once, even while it signs or
+        /// its tokens are still valid.
         #[arg(long)]
         emergency: bool,
         #[command(flatten)]
@@ -273,14 +277,14 @@ pub fn init_logging(cli: &Cli, log: &LogConfig) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config, std::env::vars()).with_context(|| {
+    let config = Config::load(&cli.config, crate::config::process_env()).with_context(|| {
         format!(
             "loading {} (pass --config FILE to use another file)",
             cli.config.display()
         )
     })?;
     init_logging(&cli, &config.log);
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = crate::clock::from_config(&config.clock);
     match cli.command {
         Command::Serve => serve(config, clock).await,
         Command::Migrate => {
@@ -358,7 +362,7 @@ async fn shutdown_signal() {
 
 /// Who ran a CLI command, for the event log.
 fn actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = crate::config::operator_name();
     format!("cli:{user}")
 }
 

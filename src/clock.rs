@@ -28,10 +28,34 @@ impl Clock for SystemClock {
     fn now(&self) -> UnixTime {
         // A clock before 1970 is a broken host; treating it as the epoch keeps
         // every comparison well-defined instead of panicking.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the one reader of the wall clock"
+        )]
+        let now = SystemTime::now();
+        now.duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0)
+    }
+}
+
+/// The wall clock shifted by a fixed offset: a replica with a wrong clock,
+/// for fault drills (`clock.insecure_offset_secs`, refused in `prod`).
+#[derive(Debug, Clone, Copy)]
+pub struct InsecureOffsetClock(pub i64);
+
+impl Clock for InsecureOffsetClock {
+    fn now(&self) -> UnixTime {
+        SystemClock.now().saturating_add(self.0)
+    }
+}
+
+/// The clock a process runs on, as configured.
+pub fn from_config(cfg: &crate::config::ClockConfig) -> SharedClock {
+    if cfg.insecure_offset_secs == 0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(InsecureOffsetClock(cfg.insecure_offset_secs))
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::keyring::Alg;
+use crate::oauth::Alg;
 
 /// Environment variables with this prefix override config keys:
 /// `LATCHKEY_<SECTION>__<KEY>` (sections nest with more `__`), `LATCHKEY_<KEY>` for
@@ -28,6 +28,33 @@ const ENV_NOT_CONFIG: &[&str] = &["LATCHKEY_TEST_"];
 
 /// The `tracing` filter directive (e.g. `info,latchkey=debug`).
 pub const LOG_FILTER_ENV: &str = "LATCHKEY_LOG";
+
+/// The process environment, for [`Config::load`].
+#[allow(
+    clippy::disallowed_methods,
+    reason = "config.rs is the one reader of the environment"
+)]
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+/// The log filter: `LATCHKEY_LOG` (tracing's env-filter syntax) or `default`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "config.rs is the one reader of the environment"
+)]
+pub fn log_filter(default: &str) -> String {
+    std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| default.to_string())
+}
+
+/// Who runs a CLI command, for the audit trail: the login name (`USER`).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "config.rs is the one reader of the environment"
+)]
+pub fn operator_name() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +99,15 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    clock: RawClock,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClock {
+    insecure_offset_secs: i64,
+    insecure_skip_database_check: bool,
 }
 
 fn default_profile() -> String {
@@ -180,6 +216,9 @@ struct RawKeys {
     jwks_max_age_secs: u64,
     reload_interval_secs: u64,
     safety_margin_secs: Option<u64>,
+    max_clock_skew_secs: u64,
+    verifier_leeway_secs: u64,
+    max_published_keys: u64,
     rs256: RawKeyPolicy,
     es256: RawKeyPolicy,
     aws: RawAws,
@@ -193,6 +232,9 @@ impl Default for RawKeys {
             jwks_max_age_secs: 300,
             reload_interval_secs: 2,
             safety_margin_secs: None,
+            max_clock_skew_secs: 2,
+            verifier_leeway_secs: 0,
+            max_published_keys: VERIFIER_MAX_KEYS,
             rs256: RawKeyPolicy::default(),
             es256: RawKeyPolicy::default(),
             aws: RawAws::default(),
@@ -330,6 +372,41 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A validated, non-negative span of seconds, bounded (at most [`Secs::MAX`])
+/// so that adding it to any timestamp latchkey handles cannot overflow. Config
+/// durations are converted once, here; nobody downstream converts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Secs(i64);
+
+impl Secs {
+    /// Ten years: longer than any lifetime latchkey can sensibly be asked for.
+    pub const MAX: Secs = Secs(10 * 366 * 86_400);
+
+    /// `v` seconds, or `None` past [`Secs::MAX`].
+    pub fn new(v: u64) -> Option<Self> {
+        i64::try_from(v)
+            .ok()
+            .filter(|v| *v <= Self::MAX.0)
+            .map(Self)
+    }
+
+    /// The span as signed seconds, ready for timestamp arithmetic.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The span as unsigned seconds (never negative).
+    pub fn as_u64(self) -> u64 {
+        self.0.unsigned_abs()
+    }
+}
+
+/// The most keys the `latchkey-verifier` crate accepts in one JWKS
+/// (`VerifierBuilder::max_keys` default). `keys.max_published_keys` may not
+/// exceed it, so latchkey never publishes a JWKS its own verifier refuses; a
+/// test asserts the two numbers agree.
+pub const VERIFIER_MAX_KEYS: u64 = 64;
+
 /// `dev` tolerates conveniences (a pepper generated into `keys/`, plain-http
 /// issuer); `prod` refuses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +435,7 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    pub clock: ClockConfig,
 }
 
 /// The audit log's retention and its batched cleanup.
@@ -378,6 +456,16 @@ pub struct MetricsConfig {
     pub bind: Option<SocketAddr>,
     /// A bearer token scrapers must present; `None` leaves `/metrics` open.
     pub token: Option<Secret>,
+}
+
+/// How this process reads time (see `clock.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClockConfig {
+    /// Added to the wall clock; for fault drills only (refused in `prod`).
+    pub insecure_offset_secs: i64,
+    /// Skip comparing this clock with the database's (tests that drive a
+    /// manual clock far from real time; refused in `prod`).
+    pub insecure_skip_database_check: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -480,9 +568,20 @@ pub struct DatabaseConfig {
 pub struct KeysConfig {
     pub dir: PathBuf,
     pub kms: KmsConfig,
-    pub jwks_max_age_secs: u64,
-    pub reload_interval_secs: u64,
-    pub safety_margin_secs: u64,
+    pub jwks_max_age: Secs,
+    pub reload_interval: Secs,
+    pub safety_margin: Secs,
+    /// Largest difference between this replica's clock and the database's
+    /// before it stops signing and transitions.
+    pub max_clock_skew: Secs,
+    /// Leeway the resource servers' verifiers apply to `exp`/`nbf`.
+    pub verifier_leeway: Secs,
+    /// Most keys (all algorithms) the JWKS may hold.
+    pub max_published_keys: usize,
+    /// The longest lifetime of anything a key signs (from `[tokens]`).
+    pub longest_signed_ttl: Secs,
+    /// Copied from `[clock]`: skip the database clock comparison.
+    pub skip_clock_check: bool,
     pub rs256: KeyPolicy,
     pub es256: KeyPolicy,
 }
@@ -494,6 +593,31 @@ impl KeysConfig {
             Alg::Es256 => &self.es256,
         }
     }
+
+    /// How long a ring snapshot may go unconfirmed before the replica reports
+    /// unready: the part of the shortest lead not already spent on a
+    /// verifier's cache (`lead − jwks_max_age`, = reload interval + margin by
+    /// default). A replica staler than this could serve a JWKS that lacks a
+    /// pending key for longer than the lead allows.
+    pub fn max_ring_age(&self) -> Secs {
+        let lead = self.rs256.lead.min(self.es256.lead);
+        Secs(lead.get().saturating_sub(self.jwks_max_age.get()).max(1))
+    }
+
+    /// How long after its last confirmed reload a replica may keep signing:
+    /// its active key was still active then, so it stays published for at
+    /// least the retention; tokens signed later than `retention − longest ttl −
+    /// skew` after that could outlive the key's publication.
+    pub fn max_sign_staleness(&self) -> Secs {
+        let retention = self.rs256.retention.min(self.es256.retention);
+        Secs(
+            retention
+                .get()
+                .saturating_sub(self.longest_signed_ttl.get())
+                .saturating_sub(self.max_clock_skew.get())
+                .max(1),
+        )
+    }
 }
 
 /// How one algorithm's keys rotate.
@@ -503,9 +627,9 @@ pub struct KeyPolicy {
     pub schedule_expr: String,
     pub schedule: cron::Schedule,
     /// How long a new key is published before it may sign.
-    pub lead_secs: u64,
+    pub lead: Secs,
     /// How long a replaced key stays published after it stops signing.
-    pub retention_secs: u64,
+    pub retention: Secs,
     /// RSA modulus size; ignored for ES256.
     pub rsa_bits: u32,
 }
@@ -573,8 +697,31 @@ pub struct TokenConfig {
 
 impl TokenConfig {
     /// The longest lifetime of anything a signing key signs.
-    pub fn longest_signed_ttl(&self) -> u64 {
-        self.access_ttl_secs.max(self.id_ttl_secs)
+    pub fn longest_signed_ttl(&self) -> Secs {
+        self.access_ttl().max(self.id_ttl())
+    }
+
+    // Typed views of the validated lifetimes (each checked against
+    // `Secs::MAX` at load, so these never saturate).
+    pub fn access_ttl(&self) -> Secs {
+        Secs::new(self.access_ttl_secs).unwrap_or(Secs::MAX)
+    }
+
+    pub fn id_ttl(&self) -> Secs {
+        Secs::new(self.id_ttl_secs).unwrap_or(Secs::MAX)
+    }
+
+    pub fn refresh_idle_ttl(&self) -> Secs {
+        Secs::new(self.refresh_idle_ttl_secs).unwrap_or(Secs::MAX)
+    }
+
+    pub fn refresh_absolute_ttl(&self) -> Secs {
+        Secs::new(self.refresh_absolute_ttl_secs).unwrap_or(Secs::MAX)
+    }
+
+    /// Bounded to 300 s at load.
+    pub fn refresh_retry_window(&self) -> Secs {
+        Secs::new(self.refresh_retry_window_secs).unwrap_or(Secs::MAX)
     }
 }
 
@@ -764,22 +911,22 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let secs = |v: u64, what: &str| -> Result<Duration, ConfigError> {
+        let duration = |v: u64, what: &str| -> Result<Duration, ConfigError> {
             Ok(Duration::from_secs(bounded(v, 1, 3600, what)?))
         };
-        let header_read_timeout = secs(
+        let header_read_timeout = duration(
             self.server.header_read_timeout_secs,
             "server.header_read_timeout_secs",
         )?;
-        let body_read_timeout = secs(
+        let body_read_timeout = duration(
             self.server.body_read_timeout_secs,
             "server.body_read_timeout_secs",
         )?;
-        let request_timeout = secs(
+        let request_timeout = duration(
             self.server.request_timeout_secs,
             "server.request_timeout_secs",
         )?;
-        let shutdown_grace = secs(
+        let shutdown_grace = duration(
             self.server.shutdown_grace_secs,
             "server.shutdown_grace_secs",
         )?;
@@ -801,7 +948,7 @@ impl RawConfig {
                 Some(TlsConfig {
                     cert_chain_file: PathBuf::from(t.cert_chain_file),
                     key_file: PathBuf::from(t.key_file),
-                    poll_interval: secs(t.poll_secs, "server.tls.poll_secs")?,
+                    poll_interval: duration(t.poll_secs, "server.tls.poll_secs")?,
                 })
             }
         };
@@ -831,14 +978,22 @@ impl RawConfig {
                 "tokens.access_ttl_secs",
             )?,
             id_ttl_secs: bounded(self.tokens.id_ttl_secs, 1, 86_400, "tokens.id_ttl_secs")?,
-            refresh_idle_ttl_secs: nonzero(
-                self.tokens.refresh_idle_ttl_secs,
+            refresh_idle_ttl_secs: secs(
+                nonzero(
+                    self.tokens.refresh_idle_ttl_secs,
+                    "tokens.refresh_idle_ttl_secs",
+                )?,
                 "tokens.refresh_idle_ttl_secs",
-            )?,
-            refresh_absolute_ttl_secs: nonzero(
-                self.tokens.refresh_absolute_ttl_secs,
+            )?
+            .as_u64(),
+            refresh_absolute_ttl_secs: secs(
+                nonzero(
+                    self.tokens.refresh_absolute_ttl_secs,
+                    "tokens.refresh_absolute_ttl_secs",
+                )?,
                 "tokens.refresh_absolute_ttl_secs",
-            )?,
+            )?
+            .as_u64(),
             refresh_retry_window_secs: bounded(
                 self.tokens.refresh_retry_window_secs,
                 0,
@@ -875,7 +1030,24 @@ impl RawConfig {
             return Err(invalid("tokens.audience must not be empty"));
         }
 
-        let keys = self.keys.validate(&tokens)?;
+        let clock = ClockConfig {
+            insecure_offset_secs: self.clock.insecure_offset_secs,
+            insecure_skip_database_check: self.clock.insecure_skip_database_check,
+        };
+        if profile == Profile::Prod
+            && (clock.insecure_offset_secs != 0 || clock.insecure_skip_database_check)
+        {
+            return Err(invalid(
+                "clock.insecure_offset_secs and clock.insecure_skip_database_check are for drills and tests; profile prod refuses them",
+            ));
+        }
+        if clock.insecure_offset_secs.unsigned_abs() > 86_400 {
+            return Err(invalid("clock.insecure_offset_secs must be within one day"));
+        }
+
+        let keys = self
+            .keys
+            .validate(&tokens, clock.insecure_skip_database_check)?;
 
         let pepper = match (self.security.pepper, self.security.pepper_file) {
             (Some(_), Some(_)) => {
@@ -930,6 +1102,7 @@ impl RawConfig {
             log,
             audit: self.audit.validate()?,
             metrics: self.metrics.validate()?,
+            clock,
         })
     }
 }
@@ -978,19 +1151,54 @@ impl RawMetrics {
 }
 
 impl RawKeys {
-    fn validate(self, tokens: &TokenConfig) -> Result<KeysConfig, ConfigError> {
-        let jwks_max_age_secs = self.jwks_max_age_secs;
-        let reload_interval_secs = bounded(
-            self.reload_interval_secs,
-            1,
-            300,
+    fn validate(
+        self,
+        tokens: &TokenConfig,
+        skip_clock_check: bool,
+    ) -> Result<KeysConfig, ConfigError> {
+        // The verifier crate honours max-ages down to one second, so any value
+        // from 1 s is safe; a day is far past any sensible cache.
+        let jwks_max_age = secs(
+            bounded(self.jwks_max_age_secs, 1, 86_400, "keys.jwks_max_age_secs")?,
+            "keys.jwks_max_age_secs",
+        )?;
+        let reload_interval = secs(
+            bounded(
+                self.reload_interval_secs,
+                1,
+                300,
+                "keys.reload_interval_secs",
+            )?,
             "keys.reload_interval_secs",
         )?;
-        // By default the margin scales with the max-age (a fifth of it, at least 2 s).
-        let safety_margin_secs = match self.safety_margin_secs {
-            Some(m) => nonzero(m, "keys.safety_margin_secs")?,
-            None => (jwks_max_age_secs / 5).max(2),
+        let max_clock_skew = secs(
+            bounded(self.max_clock_skew_secs, 0, 300, "keys.max_clock_skew_secs")?,
+            "keys.max_clock_skew_secs",
+        )?;
+        let verifier_leeway = secs(
+            bounded(
+                self.verifier_leeway_secs,
+                0,
+                3600,
+                "keys.verifier_leeway_secs",
+            )?,
+            "keys.verifier_leeway_secs",
+        )?;
+        // The margin absorbs a replica's clock running up to the allowed skew
+        // early and a verifier's leeway on top of it, so its floor is their sum
+        // (at least 1 s). By default it scales with the max-age, and is at
+        // least 2 s for the KMS and commit latency between `now` and the commit.
+        let margin_floor = (max_clock_skew.as_u64() + verifier_leeway.as_u64()).max(1);
+        let safety_margin = match self.safety_margin_secs {
+            Some(m) if m < margin_floor => {
+                return Err(invalid(format!(
+                    "keys.safety_margin_secs = {m} is below max_clock_skew_secs + verifier_leeway_secs (at least 1) = {margin_floor}: a replica with a skewed clock could sign with a key before verifiers have it"
+                )));
+            }
+            Some(m) => m,
+            None => (jwks_max_age.as_u64() / 5).max(margin_floor).max(2),
         };
+        let safety_margin = secs(safety_margin, "keys.safety_margin_secs")?;
         let kms = match self.kms.as_str() {
             "local" => KmsConfig::Local,
             "aws" => KmsConfig::Aws(self.aws.validate()?),
@@ -1000,10 +1208,17 @@ impl RawKeys {
                 )));
             }
         };
+        let max_published_keys = bounded(
+            self.max_published_keys,
+            4,
+            VERIFIER_MAX_KEYS,
+            "keys.max_published_keys",
+        )?;
         // A verifier may hold a JWKS for max-age, and a replica may run on a ring
         // up to one reload interval old: publication must outlast both.
-        let min_lead = jwks_max_age_secs + reload_interval_secs + safety_margin_secs;
-        let min_retention = tokens.longest_signed_ttl() + min_lead;
+        let min_lead = jwks_max_age.as_u64() + reload_interval.as_u64() + safety_margin.as_u64();
+        let longest_signed_ttl = tokens.longest_signed_ttl();
+        let min_retention = longest_signed_ttl.as_u64() + min_lead;
         let policy = |raw: RawKeyPolicy, name: &str| -> Result<KeyPolicy, ConfigError> {
             let schedule: cron::Schedule = raw.schedule.parse().map_err(|e| {
                 invalid(format!(
@@ -1036,21 +1251,86 @@ impl RawKeys {
             Ok(KeyPolicy {
                 schedule_expr: raw.schedule,
                 schedule,
-                lead_secs,
-                retention_secs,
+                lead: secs(lead_secs, &format!("keys.{name}.lead_secs"))?,
+                retention: secs(retention_secs, &format!("keys.{name}.retention_secs"))?,
                 rsa_bits: raw.rsa_bits,
             })
         };
+        let rs256 = policy(self.rs256, "rs256")?;
+        let es256 = policy(self.es256, "es256")?;
+        let worst = max_published(&rs256, reload_interval) + max_published(&es256, reload_interval);
+        if worst > max_published_keys {
+            return Err(invalid(format!(
+                "the rotation policy can publish up to {worst} keys at once (per algorithm: active + pending + one retiring key per rotation within retention), more than keys.max_published_keys = {max_published_keys}: rotate less often or shorten retention_secs"
+            )));
+        }
         Ok(KeysConfig {
             dir: PathBuf::from(self.dir),
             kms,
-            jwks_max_age_secs,
-            reload_interval_secs,
-            safety_margin_secs,
-            rs256: policy(self.rs256, "rs256")?,
-            es256: policy(self.es256, "es256")?,
+            jwks_max_age,
+            reload_interval,
+            safety_margin,
+            max_clock_skew,
+            verifier_leeway,
+            max_published_keys: usize::try_from(max_published_keys)
+                .map_err(|_| invalid("keys.max_published_keys is too large"))?,
+            longest_signed_ttl,
+            skip_clock_check,
+            rs256,
+            es256,
         })
     }
+}
+
+/// The most keys one algorithm's policy can have published at once.
+///
+/// Activations are at least `max(lead, shortest gap between fire times)` apart
+/// (a pending key is made only after the previous one activated, and signs a
+/// full lead later), and each replaced key stays published for the retention
+/// plus up to one scheduler pass; add the active and the pending key.
+fn max_published(policy: &KeyPolicy, pass: Secs) -> u64 {
+    let period = shortest_gap(&policy.schedule)
+        .max(policy.lead.as_u64())
+        .max(1);
+    let retained = (policy.retention.as_u64() + pass.as_u64()).div_ceil(period);
+    2 + retained
+}
+
+/// The shortest gap between consecutive fire times over the schedule's next
+/// two years (or 10,000 fires) from a fixed reference day, so the check does
+/// not depend on the day it runs; cron schedules repeat within that span.
+fn shortest_gap(schedule: &cron::Schedule) -> u64 {
+    // 2026-01-01T00:00:00Z.
+    let Some(start) = chrono::DateTime::from_timestamp(1_767_225_600, 0) else {
+        return 1;
+    };
+    let horizon = start.timestamp() + 2 * 366 * 86_400;
+    let mut best = u64::MAX;
+    let mut prev: Option<i64> = None;
+    for fire in schedule.after(&start).take(10_000) {
+        let t = fire.timestamp();
+        if t > horizon {
+            break;
+        }
+        if let Some(p) = prev {
+            best = best.min((t - p).unsigned_abs());
+        }
+        prev = Some(t);
+    }
+    if best == u64::MAX {
+        Secs::MAX.as_u64()
+    } else {
+        best
+    }
+}
+
+fn secs(v: u64, what: &str) -> Result<Secs, ConfigError> {
+    Secs::new(v).ok_or_else(|| {
+        invalid(format!(
+            "{what} = {v} is longer than {} seconds",
+            Secs::MAX.get()
+        ))
+    })
 }
 
 impl RawAws {
@@ -1320,9 +1600,9 @@ mod tests {
     fn lead_and_retention_default_to_the_shortest_safe_values() {
         let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
         // 300 s max-age + 2 s reload + 60 s margin (a fifth of the max-age).
-        assert_eq!(c.keys.safety_margin_secs, 60);
-        assert_eq!(c.keys.rs256.lead_secs, 362);
-        assert_eq!(c.keys.es256.retention_secs, 600 + 362);
+        assert_eq!(c.keys.safety_margin.get(), 60);
+        assert_eq!(c.keys.rs256.lead.get(), 362);
+        assert_eq!(c.keys.es256.retention.get(), 600 + 362);
         let c = Config::from_toml_str(
             MINIMAL,
             env(&[
@@ -1331,7 +1611,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.keys.rs256.lead_secs, 1 + 1 + 2);
+        assert_eq!(c.keys.rs256.lead.get(), 1 + 1 + 2);
     }
 
     #[test]
@@ -1381,5 +1661,101 @@ mod tests {
             err.to_string().contains("sqlite:// or postgres://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_committed_config_file_is_valid() {
+        let text = include_str!("../config/latchkey.toml");
+        let c = Config::from_toml_str(text, env(&[])).unwrap();
+        assert_eq!(c.keys.max_published_keys, 64);
+        assert_eq!(c.keys.max_clock_skew.get(), 2);
+    }
+
+    #[test]
+    fn the_margin_covers_skew_and_leeway() {
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_KEYS__MAX_CLOCK_SKEW_SECS", "3"),
+                ("LATCHKEY_KEYS__VERIFIER_LEEWAY_SECS", "2"),
+                ("LATCHKEY_KEYS__SAFETY_MARGIN_SECS", "4"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("= 5"), "{err}");
+        // Unset, the margin is at least that sum.
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "5"),
+                ("LATCHKEY_KEYS__MAX_CLOCK_SKEW_SECS", "3"),
+                ("LATCHKEY_KEYS__VERIFIER_LEEWAY_SECS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.keys.safety_margin.get(), 5);
+        assert_eq!(c.keys.rs256.lead.get(), 5 + 2 + 5);
+        // The unready threshold is the lead not spent on a verifier's cache.
+        assert_eq!(c.keys.max_ring_age().get(), 2 + 5);
+    }
+
+    #[test]
+    fn a_policy_that_could_publish_too_many_keys_is_refused() {
+        // Every 10 s, kept for 700 s: 2 + ceil(702 / 10) = 73 keys per algorithm.
+        let many = env(&[
+            ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "2"),
+            ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "60"),
+            ("LATCHKEY_TOKENS__ID_TTL_SECS", "60"),
+            ("LATCHKEY_KEYS__RS256__SCHEDULE", "*/10 * * * * *"),
+            ("LATCHKEY_KEYS__RS256__RETENTION_SECS", "700"),
+        ]);
+        let err = Config::from_toml_str(MINIMAL, many).unwrap_err();
+        assert!(err.to_string().contains("max_published_keys"), "{err}");
+        // Kept for 70 s: 2 + ceil(72 / 10) = 10, plus ES256's 3: fine at 13...
+        let few = env(&[
+            ("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "2"),
+            ("LATCHKEY_TOKENS__ACCESS_TTL_SECS", "60"),
+            ("LATCHKEY_TOKENS__ID_TTL_SECS", "60"),
+            ("LATCHKEY_KEYS__RS256__SCHEDULE", "*/10 * * * * *"),
+            ("LATCHKEY_KEYS__RS256__RETENTION_SECS", "70"),
+            ("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS", "13"),
+        ]);
+        Config::from_toml_str(MINIMAL, few.clone()).unwrap();
+        // ...and refused at 12.
+        let mut tight = few;
+        tight.pop();
+        tight.push(("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS".into(), "12".into()));
+        assert!(Config::from_toml_str(MINIMAL, tight).is_err());
+        // Above the verifier crate's limit is refused outright.
+        let err =
+            Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_KEYS__MAX_PUBLISHED_KEYS", "65")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("between 4 and 64"), "{err}");
+    }
+
+    #[test]
+    fn drill_clock_settings_are_refused_in_prod() {
+        let err = Config::from_toml_str(
+            "issuer = \"https://id.example\"\nprofile = \"prod\"\n[clock]\ninsecure_offset_secs = 3\n",
+            env(&[(
+                "LATCHKEY_SECURITY__PEPPER",
+                "0123456789abcdef0123456789abcdef",
+            )]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prod"), "{err}");
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_CLOCK__INSECURE_OFFSET_SECS", "-4")]),
+        )
+        .unwrap();
+        assert_eq!(c.clock.insecure_offset_secs, -4);
+    }
+
+    #[test]
+    fn max_age_below_a_second_is_refused() {
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_KEYS__JWKS_MAX_AGE_SECS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("jwks_max_age_secs"), "{err}");
     }
 }

@@ -111,6 +111,28 @@ impl Probe {
                 format!("no loaded active key for {}", missing.join(", ")),
             );
         }
+        // The key ring's own verdict: confirmed against the database recently
+        // enough, clock within the allowed skew, allowed to sign.
+        let health = self.ring.health();
+        if health.ready {
+            r.check(
+                "key_ring",
+                true,
+                format!("confirmed {}s ago", health.seconds_since_reload),
+            );
+        } else {
+            r.check(
+                "key_ring",
+                false,
+                format!(
+                    "not ready: {}s since the last confirmed reload (max {}), clock skew {:?}s, refusals {:?}",
+                    health.seconds_since_reload,
+                    health.max_ring_age_secs,
+                    health.clock_skew_secs,
+                    health.refusals
+                ),
+            );
+        }
         match self.scheduler.since_heartbeat() {
             Some(age) if age <= self.scheduler_stale_after => r.check(
                 "scheduler",

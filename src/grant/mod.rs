@@ -21,8 +21,9 @@ use std::sync::Arc;
 use crate::audit::Audit;
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::TokenConfig;
-use crate::keyring::{Alg, RingError};
+use crate::keyring::RingError;
 use crate::metrics::Metrics;
+use crate::oauth::Alg;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret;
@@ -146,9 +147,10 @@ impl TokenService {
     /// whatever the grant.
     pub async fn start_session(&self, s: SessionStart<'_>) -> Result<(), Error> {
         let now = self.clock.now();
-        let ttl = |secs: u64| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
-        let absolute = ttl(self.cfg.refresh_absolute_ttl_secs);
-        let idle = ttl(self.cfg.refresh_idle_ttl_secs).min(absolute);
+        let absolute = now.saturating_add(self.cfg.refresh_absolute_ttl().get());
+        let idle = now
+            .saturating_add(self.cfg.refresh_idle_ttl().get())
+            .min(absolute);
         self.store
             .create_family(
                 NewFamily {
@@ -237,6 +239,13 @@ pub fn internal<E: Into<InternalError>>(e: E) -> Error {
         return Error::new(
             ErrorCode::TemporarilyUnavailable,
             "no signing key is available; try again shortly",
+        );
+    }
+    if let InternalError::Ring(RingError::Refused(why)) = &e {
+        tracing::error!(reason = %why, "this replica refuses to sign; token request turned away");
+        return Error::new(
+            ErrorCode::TemporarilyUnavailable,
+            "signing is paused on this server; try again shortly",
         );
     }
     tracing::error!(error = %e, "token request failed");

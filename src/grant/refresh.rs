@@ -88,9 +88,8 @@ pub async fn grant(
         return Err(invalid());
     }
     let response = mint(svc, client, &state, successor.clone(), requested).await?;
-    let idle = svc.cfg.refresh_idle_ttl_secs;
     let successor_expires_at = now
-        .saturating_add(i64::try_from(idle).unwrap_or(i64::MAX))
+        .saturating_add(svc.cfg.refresh_idle_ttl().get())
         .min(family.expires_at);
     let outcome = svc
         .store
@@ -152,7 +151,7 @@ async fn replay_allowed(
     used_at: i64,
     successor: &str,
 ) -> Result<bool, Error> {
-    let window = i64::try_from(svc.cfg.refresh_retry_window_secs).unwrap_or(0);
+    let window = svc.cfg.refresh_retry_window().get();
     let now = svc.clock.now();
     if window == 0 || now > used_at.saturating_add(window) || state.family.revoked_at.is_some() {
         return Ok(false);

@@ -13,10 +13,10 @@ use super::extract::authenticate;
 use crate::app::AppState;
 use crate::audit::{AuditPage, RawAuditQuery};
 use crate::grant::internal;
-use crate::keyring::Alg;
 use crate::keyring::lifecycle::{
     self, KeyInfo, LifecycleError, RetireOutcome, RotateOutcome, Upcoming,
 };
+use crate::oauth::Alg;
 use crate::oauth::{Error, ErrorCode};
 use crate::store::EventRow;
 
@@ -51,7 +51,14 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
         LifecycleError::UnknownKid(_)
         | LifecycleError::AlreadyRetired(_)
         | LifecycleError::ActiveNeedsEmergency(_)
+        | LifecycleError::RetiringNeedsEmergency { .. }
+        | LifecycleError::TooManyKeys { .. }
         | LifecycleError::Conflict(_) => Error::invalid_request(e.to_string()).into(),
+        LifecycleError::ClockSkew { .. } => Error::new(
+            crate::oauth::ErrorCode::TemporarilyUnavailable,
+            "this server's clock is off the database's; try another server",
+        )
+        .into(),
         LifecycleError::Ring(r) => internal(r).into(),
     }
 }

@@ -94,6 +94,12 @@ impl IntoResponse for ApiError {
             // The rest of the body may still trickle in: do not read it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // RFC 9110 §10.2.3: tell the client when to come back (a replica that
+        // refuses to sign is taken out of rotation or recovers within seconds).
+        if e.code == ErrorCode::TemporarilyUnavailable && !headers.contains_key(header::RETRY_AFTER)
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         response
     }
 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::app::AppState;
-use crate::keyring::Alg;
+use crate::oauth::Alg;
 
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let ring = state.ring.current();
@@ -39,6 +39,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "key_transition_consecutive_failures": state.stats.consecutive_failures.load(Ordering::Relaxed),
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
         "key_load_failures": state.ring.incomplete_loads(),
+        "key_ring": state.ring.health(),
     });
     no_store((StatusCode::OK, Json(body)).into_response())
 }

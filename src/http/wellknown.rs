@@ -18,7 +18,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
     );
     if let Ok(v) = HeaderValue::from_str(&format!(
         "public, max-age={}",
-        state.config.keys.jwks_max_age_secs
+        state.config.keys.jwks_max_age.get()
     )) {
         h.insert(header::CACHE_CONTROL, v);
     }
@@ -41,7 +41,7 @@ pub async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response
     let ring = state.ring.current();
     let cache = HeaderValue::from_str(&format!(
         "public, max-age={}",
-        state.config.keys.jwks_max_age_secs
+        state.config.keys.jwks_max_age.get()
     ));
     let etag = HeaderValue::from_str(&ring.jwks_etag);
     let not_modified = headers

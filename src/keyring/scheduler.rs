@@ -1,11 +1,13 @@
-//! The background loop inside `latchkey serve`: apply due lifecycle steps,
-//! reload the ring when its version moves, purge expired token rows.
+//! The background loops inside `latchkey serve`: one reloads the ring when its
+//! version moves (and compares clocks with the database), on its own timer; the
+//! other applies due lifecycle steps (expired token rows are purged by
+//! `session::cleanup`).
 //!
 //! Every replica runs this loop. Replicas never coordinate directly: each
 //! transition is a locked check-and-swap in the database (see [`super::lifecycle`]),
 //! so exactly one replica performs it and the others find nothing due. A replica
 //! picks up any change (its own, another replica's, or the CLI's) within one
-//! `keys.reload_interval_secs`.
+//! `keys.reload_interval_secs`, however long a transition takes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -30,8 +32,8 @@ pub struct SchedulerStats {
     /// When the ring was last checked against the database successfully
     /// (0: never), for the reload-age metric.
     pub last_reload_ok_at: AtomicI64,
-    /// When the loop last finished a pass (monotonic time, not the wall
-    /// clock): readiness reports a loop that stopped passing.
+    /// When the transition loop last finished a pass (monotonic time, not the
+    /// wall clock): readiness reports a loop that stopped passing.
     pub heartbeat: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -54,14 +56,66 @@ impl SchedulerStats {
 /// Longest wait between retries of a failing transition.
 const MAX_BACKOFF_SECS: i64 = 300;
 
-/// Run until `shutdown` turns true.
+/// Run until `shutdown` turns true: two independent loops, so that a slow or
+/// failing transition (KMS calls of seconds, retried) never delays a reload,
+/// and the staleness that the lead and retention formulas assume (one reload
+/// interval) holds whatever the KMS does.
 pub async fn run(
     lifecycle: Lifecycle,
     ring: Arc<KeyRing>,
     stats: Arc<SchedulerStats>,
+    shutdown: watch::Receiver<bool>,
+) {
+    tokio::join!(
+        reload_loop(&lifecycle, &ring, &stats, shutdown.clone()),
+        transition_loop(&lifecycle, &ring, &stats, shutdown),
+    );
+}
+
+/// Sleep `interval` unless shutdown comes first; true when shutting down.
+async fn pause(interval: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => {}
+        _ = shutdown.changed() => {}
+    }
+    *shutdown.borrow()
+}
+
+/// Every `reload_interval_secs`: pick up ring changes and compare clocks.
+async fn reload_loop(
+    lifecycle: &Lifecycle,
+    ring: &KeyRing,
+    stats: &SchedulerStats,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_secs(lifecycle.config().reload_interval_secs);
+    let interval = Duration::from_secs(lifecycle.config().reload_interval.as_u64());
+    loop {
+        match ring.reload_if_changed().await {
+            Ok(_) => stats
+                .last_reload_ok_at
+                .store(lifecycle.clock().now(), Ordering::Relaxed),
+            Err(e) => {
+                stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
+            }
+        }
+        if let Err(e) = ring.check_clock().await {
+            tracing::warn!(error = %e, "cannot read the database clock");
+        }
+        if pause(interval, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Apply due lifecycle steps, with backoff on failure.
+async fn transition_loop(
+    lifecycle: &Lifecycle,
+    ring: &KeyRing,
+    stats: &SchedulerStats,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_secs(lifecycle.config().reload_interval.as_u64());
     let mut retry_at: UnixTime = 0;
     loop {
         let now = lifecycle.clock().now();
@@ -76,6 +130,11 @@ pub async fn run(
             match lifecycle.tick("scheduler", &loaded).await {
                 Ok(report) if report.failures.is_empty() => {
                     stats.consecutive_failures.store(0, Ordering::Relaxed);
+                    if !report.changes.is_empty()
+                        && let Err(e) = ring.reload_if_changed().await
+                    {
+                        tracing::warn!(error = %e, "reload after a transition failed");
+                    }
                 }
                 Ok(report) => {
                     let detail: Vec<String> = report
@@ -83,32 +142,14 @@ pub async fn run(
                         .iter()
                         .map(|(a, e)| format!("{a}: {e}"))
                         .collect();
-                    retry_at = failed(
-                        &lifecycle,
-                        &stats,
-                        now,
-                        &detail.join("; "),
-                        &report.failures,
-                    )
-                    .await;
+                    retry_at =
+                        failed(lifecycle, stats, now, &detail.join("; "), &report.failures).await;
                 }
-                Err(e) => retry_at = failed(&lifecycle, &stats, now, &e.to_string(), &[]).await,
+                Err(e) => retry_at = failed(lifecycle, stats, now, &e.to_string(), &[]).await,
             }
         }
-        if let Err(e) = ring
-            .reload_if_changed()
-            .await
-            .map(|_| stats.last_reload_ok_at.store(now, Ordering::Relaxed))
-        {
-            stats.reload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
-        }
         stats.beat();
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
+        if pause(interval, &mut shutdown).await {
             return;
         }
     }

@@ -5,11 +5,13 @@
 //! protocol input into typed values (parse once, at the edge) and defines the
 //! values the HTTP layer renders.
 
+pub mod alg;
 pub mod error;
 pub mod request;
 pub mod scope;
 pub mod wire;
 
+pub use alg::Alg;
 pub use error::{Error, ErrorCode};
 pub use request::{ClientAuth, GrantType, RequestContext, TokenRequest};
 pub use scope::Scope;

@@ -8,7 +8,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::clock::UnixTime;
 
 #[derive(Debug, Clone)]
@@ -65,6 +65,20 @@ pub struct NewKeyRow {
     pub activate_at: UnixTime,
 }
 
+/// The database's clock, in Unix seconds: the one clock every replica shares.
+async fn database_now_on(conn: &mut AnyConnection, backend: Backend) -> Result<UnixTime> {
+    let sql = match backend {
+        Backend::Sqlite => "SELECT CAST(strftime('%s', 'now') AS INTEGER) AS now",
+        // clock_timestamp(), not now(): the time of this statement, not of the
+        // transaction's start (the ring lock may have been waited for).
+        Backend::Postgres => {
+            "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT) AS now"
+        }
+    };
+    let row = sqlx::query(sql).fetch_one(conn).await?;
+    Ok(row.try_get("now")?)
+}
+
 async fn list_keys_on(conn: &mut AnyConnection, include_retired: bool) -> Result<Vec<KeyRow>> {
     let sql = if include_retired {
         sqlx::AssertSqlSafe(format!("{KEY_SELECT} ORDER BY created_at, kid"))
@@ -91,6 +105,12 @@ impl Store {
         list_keys_on(&mut conn, include_retired).await
     }
 
+    /// The database server's clock (Unix seconds).
+    pub async fn database_now(&self) -> Result<UnixTime> {
+        let mut conn = self.pool.acquire().await?;
+        database_now_on(&mut conn, self.backend).await
+    }
+
     /// Start a ring change: lock the ring and bump its version.
     pub async fn begin_ring(&self) -> Result<RingTx> {
         let mut tx = self.begin_write().await?;
@@ -100,7 +120,11 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let version = row.try_get("version")?;
-        Ok(RingTx { tx, version })
+        Ok(RingTx {
+            tx,
+            version,
+            backend: self.backend,
+        })
     }
 }
 
@@ -108,11 +132,17 @@ impl Store {
 pub struct RingTx {
     tx: Transaction<'static, Any>,
     pub version: i64,
+    backend: Backend,
 }
 
 impl RingTx {
     pub async fn list_keys(&mut self, include_retired: bool) -> Result<Vec<KeyRow>> {
         list_keys_on(&mut self.tx, include_retired).await
+    }
+
+    /// The database's clock, read inside the locked transaction.
+    pub async fn database_now(&mut self) -> Result<UnixTime> {
+        database_now_on(&mut self.tx, self.backend).await
     }
 
     pub async fn insert_key(&mut self, k: &NewKeyRow) -> Result<()> {

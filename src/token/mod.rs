@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
-use crate::keyring::{Alg, KeyRing, RingError};
+use crate::keyring::{KeyRing, RingError};
+use crate::oauth::Alg;
 use crate::secret;
 pub use claims::{AccessClaims, IdClaims};
 
@@ -66,9 +67,11 @@ impl Minter {
             iss: &self.issuer,
             sub: grant.subject,
             aud: &self.cfg.audience,
-            exp: now + i64::try_from(self.cfg.access_ttl_secs).unwrap_or(600),
+            exp: now + self.cfg.access_ttl().get(),
             iat: now,
-            nbf: now,
+            // Backdated by the allowed clock skew: a replica up to that far ahead
+            // of the others still mints tokens that are valid at once everywhere.
+            nbf: now - self.ring.max_clock_skew(),
             jti: &jti,
             client_id: grant.client_id,
             scope: &grant.scope,
@@ -93,7 +96,7 @@ impl Minter {
             iss: &self.issuer,
             sub: subject,
             aud: client_id,
-            exp: now + i64::try_from(self.cfg.id_ttl_secs).unwrap_or(600),
+            exp: now + self.cfg.id_ttl().get(),
             iat: now,
             auth_time: info.auth_time,
             azp: client_id,

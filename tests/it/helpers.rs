@@ -113,8 +113,15 @@ fn write_config(env: &Env, issuer: &str, options: &Options) -> PathBuf {
         "latchkey-{}.toml",
         latchkey::secret::random_id().unwrap()
     ));
+    // A manual clock is not the database's: skip the skew check that would
+    // (rightly) stop such a server from signing.
+    let clock = if options.clock.is_some() {
+        "[clock]\ninsecure_skip_database_check = true\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "issuer = \"{issuer}\"\nprofile = \"dev\"\n{top}\n[server]\nbind = \"127.0.0.1:0\"\n{server_extra}\n\n[database]\nurl = \"{db}\"\nmax_connections = 8\n\n[keys]\ndir = \"{keys}\"\nreload_interval_secs = 1\n{keys_extra}\n{extra}\n",
+        "issuer = \"{issuer}\"\nprofile = \"dev\"\n{top}\n[server]\nbind = \"127.0.0.1:0\"\n{server_extra}\n\n[database]\nurl = \"{db}\"\nmax_connections = 8\n\n[keys]\ndir = \"{keys}\"\nreload_interval_secs = 1\n{keys_extra}\n{extra}\n{clock}",
         db = env.database_url,
         keys = env.path().join("keys").display(),
         keys_extra = options.keys_toml,

@@ -4,10 +4,16 @@ use crate::helpers::{Options, PASSWORD, TestApp, jwt_part, verify_with_jsonwebto
 
 /// A fast ring: a 1 s JWKS max-age lets a pre-published key activate after 3 s.
 fn fast_ring() -> Options {
+    ring_with_lead(3)
+}
+
+fn ring_with_lead(lead: u64) -> Options {
     Options {
-        keys_toml: "jwks_max_age_secs = 1\nsafety_margin_secs = 1\n".into(),
-        extra_toml: "[keys.rs256]\nlead_secs = 3\nretention_secs = 700\n[keys.es256]\nlead_secs = 3\nretention_secs = 700\n"
+        keys_toml: "jwks_max_age_secs = 1\nsafety_margin_secs = 1\nmax_clock_skew_secs = 1\n"
             .into(),
+        extra_toml: format!(
+            "[keys.rs256]\nlead_secs = {lead}\nretention_secs = 700\n[keys.es256]\nlead_secs = {lead}\nretention_secs = 700\n"
+        ),
         ..Default::default()
     }
 }
@@ -57,7 +63,9 @@ async fn keys_list_uses_wire_names() {
 
 #[tokio::test]
 async fn rotate_prepublishes_then_activates_and_old_tokens_keep_verifying() {
-    let app = TestApp::spawn_with(fast_ring()).await;
+    // A 10 s lead: the checks of the pending phase have seconds to spare even
+    // on a loaded machine.
+    let app = TestApp::spawn_with(ring_with_lead(10)).await;
     app.create_user("alice", PASSWORD, &[]).await;
     let secret = app
         .create_client("web", "password", "api:read", "RS256")
@@ -117,8 +125,20 @@ async fn rotate_prepublishes_then_activates_and_old_tokens_keep_verifying() {
         "{states:?}"
     );
 
-    // Retiring the old key unpublishes it; its tokens stop verifying.
+    // Its tokens are still valid: retiring it early is refused without
+    // --emergency, and changes nothing.
     let out = app.cli(&["keys", "retire", &old_kid, "--json"], None).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--emergency"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(app.kids().await.contains(&old_kid));
+    // With --emergency it is unpublished; its tokens stop verifying.
+    let out = app
+        .cli(&["keys", "retire", &old_kid, "--emergency", "--json"], None)
+        .await;
     assert!(
         out.status.success(),
         "{}",
@@ -389,7 +409,27 @@ async fn an_unloadable_key_neither_activates_nor_stops_signing() {
     let mut tx = store.begin_ring().await.unwrap();
     tx.insert_key(&pending).await.unwrap();
     tx.commit().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Poll until a scheduler pass has tried (and failed) to activate it.
+    let tried = std::time::Instant::now();
+    loop {
+        let failed = app
+            .state
+            .store
+            .list_events(Some("key.transition_failed"), 100)
+            .await
+            .unwrap();
+        if failed.iter().any(|e| {
+            e.detail
+                .contains(&format!("cannot activate {}", pending.kid))
+        }) {
+            break;
+        }
+        assert!(
+            tried.elapsed() < std::time::Duration::from_secs(20),
+            "no scheduler pass tried the unloadable key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let keys = keys_json(&app).await;
     let state_of = |kid: &str| {
         keys.iter().find(|k| k["kid"] == kid).unwrap()["state"]
@@ -447,4 +487,182 @@ async fn an_unloadable_key_neither_activates_nor_stops_signing() {
     assert_eq!(jwt_part(&at, 0)["kid"], old_kid.as_str());
     verify_with_jsonwebtoken(&app.jwks().await, &at, &app.issuer, &app.issuer).unwrap();
     assert!(app.state.ring.incomplete_loads() > 0);
+    let health: Value = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Tokens live 600 s and the old key is unpublished in 700: it may sign
+    // for 700 − 600 − 1 (skew) more seconds, and says so.
+    assert_eq!(
+        health["key_ring"]["fallbacks"][0][1].as_i64().unwrap(),
+        now + 700 - 600 - 1,
+        "{health}"
+    );
+}
+
+/// A replica whose fallback deadline has passed refuses to sign and reports
+/// unready, instead of signing with a key about to be unpublished.
+#[tokio::test]
+async fn a_fallback_past_its_deadline_refuses_to_sign() {
+    use latchkey::keyring::key::{PublicKey, generate};
+    use latchkey::store::NewKeyRow;
+
+    let app = TestApp::spawn_with(fast_ring()).await;
+    let secret = app
+        .create_client("svc", "client_credentials", "api:read", "RS256")
+        .await;
+    let cc = || app.token(("svc", &secret), &[("grant_type", "client_credentials")]);
+    let first = cc().await;
+    assert_eq!(first.status(), 200);
+    let old_kid = jwt_part(
+        first.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap(),
+        0,
+    )["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = app.state.clock.now();
+    let k = generate(latchkey::keyring::Alg::Rs256, 2048).unwrap();
+    let public = PublicKey::from_spki_der(latchkey::keyring::Alg::Rs256, &k.public_der).unwrap();
+    // The old key is unpublished in 600 s, exactly its tokens' lifetime: a
+    // token it signs now (plus 1 s of allowed skew) would outlive it.
+    let mut tx = app.state.store.begin_ring().await.unwrap();
+    tx.start_retiring(&old_kid, now, now + 600).await.unwrap();
+    tx.insert_key(&NewKeyRow {
+        kid: public.kid.clone(),
+        alg: "RS256".into(),
+        state: "active".into(),
+        public_der: k.public_der,
+        wrapped_private: Some(b"LK1 not a wrapped key".to_vec()),
+        kms_provider: "local".into(),
+        kms_key_ref: None,
+        created_at: now,
+        activate_at: now,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    app.wait_for_ring("unloadable key published", |r| r.key(&public.kid).is_some())
+        .await;
+    assert_eq!(
+        app.state
+            .ring
+            .current()
+            .sign_until(latchkey::keyring::Alg::Rs256),
+        now - 1
+    );
+    let r = cc().await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "temporarily_unavailable"
+    );
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["key_ring"]["ready"], false, "{health}");
+    assert!(
+        health["key_ring"]["refusals"]
+            .to_string()
+            .contains("fallback_expired"),
+        "{health}"
+    );
+}
+
+/// base64url kids begin with `-` about once in 64 keys; every command and API
+/// that takes a kid accepts it exactly as `keys list` prints it.
+#[tokio::test]
+async fn a_kid_beginning_with_a_dash_is_accepted_as_listed() {
+    use latchkey::keyring::kms::Kms;
+    use latchkey::oauth::Alg;
+    use latchkey::store::NewKeyRow;
+
+    let app = TestApp::spawn_with(fast_ring()).await;
+    let kms = Kms::open(&app.state.config.keys).await.unwrap();
+    // Pending keys made by the server's own KMS until two have a kid with a
+    // leading dash (one for the CLI, one for the admin API).
+    let mut dashed = Vec::new();
+    for _ in 0..2000 {
+        let m = kms.create_key(Alg::Es256, 2048).await.unwrap();
+        if !m.public.kid.starts_with('-') {
+            continue;
+        }
+        let now = app.state.clock.now();
+        let mut tx = app.state.store.begin_ring().await.unwrap();
+        tx.insert_key(&NewKeyRow {
+            kid: m.public.kid.clone(),
+            alg: "ES256".into(),
+            state: "pending".into(),
+            public_der: m.public_der.clone(),
+            wrapped_private: m.wrapped_private.clone(),
+            kms_provider: kms.provider().into(),
+            kms_key_ref: None,
+            created_at: now,
+            activate_at: now + 3600,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        dashed.push(m.public.kid.clone());
+        if dashed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(dashed.len(), 2, "no kid with a leading dash in 2000 keys");
+    let listed: Vec<String> = keys_json(&app)
+        .await
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert!(listed.contains(&dashed[0]), "{listed:?}");
+
+    // The CLI, kid first and flags after, as copied from `keys list`.
+    let out = app
+        .cli(&["keys", "retire", &dashed[0], "--json"], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kid"], dashed[0].as_str());
+    assert_eq!(v["previous_state"], "pending");
+    // And with the flag first.
+    let out = app
+        .cli(&["keys", "retire", "--json", &dashed[0]], None)
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already retired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.wait_for_ring("dashed key gone", |r| r.key(&dashed[0]).is_none())
+        .await;
+
+    // The admin API, with the kid in the path.
+    let admin = crate::lifecycle::admin_token(&app, "root", &["admin"]).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/admin/keys/{}/retire", dashed[1])))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["kid"], dashed[1].as_str());
+    assert_eq!(v["previous_state"], "pending");
+    let row = app.state.store.list_keys(true).await.unwrap();
+    let row = row.iter().find(|r| r.kid == dashed[1]).unwrap();
+    assert_eq!(row.state, "retired");
 }

@@ -96,6 +96,8 @@ async fn scheduled_rotation_never_breaks_a_caching_verifier() {
 
     let mut kids_seen: HashMap<&str, HashSet<String>> = HashMap::new();
     let (mut tokens, mut failures, mut unknown_kid) = (0usize, Vec::new(), 0usize);
+    let mut held: Vec<(String, i64)> = Vec::new();
+    let (mut rotations_seen, mut reverified) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(45);
     let mut i = 0usize;
     // Until each algorithm has signed with at least four keys: three rotations.
@@ -140,6 +142,25 @@ async fn scheduled_rotation_never_breaks_a_caching_verifier() {
         if let Err(e) = verify_with_jsonwebtoken(&jwks, &at, ISSUER, ISSUER) {
             failures.push(format!("token {tokens} ({alg}, kid {kid}): {e}"));
         }
+        // Every issued token is kept and re-verified, while unexpired, after
+        // each rotation: unpublishing a replaced key too early fails here.
+        let exp = crate::helpers::jwt_part(&at, 1)["exp"].as_i64().unwrap();
+        held.push((at, exp));
+        let seen: usize = kids_seen.values().map(HashSet::len).sum();
+        if seen > rotations_seen {
+            rotations_seen = seen;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            held.retain(|(_, exp)| *exp > now + 1);
+            for (t, _) in &held {
+                reverified += 1;
+                if let Err(e) = verify_with_jsonwebtoken(&jwks, t, ISSUER, ISSUER) {
+                    failures.push(format!("held token after a rotation: {e}"));
+                }
+            }
+        }
         // At every instant exactly one active key per algorithm: in the
         // database, and loaded for signing on every replica.
         let active = active_per_alg(&replicas[0]).await;
@@ -165,6 +186,7 @@ async fn scheduled_rotation_never_breaks_a_caching_verifier() {
         "{} of {tokens} verifications failed: {failures:#?}",
         failures.len()
     );
+    assert!(reverified > 0, "no token was re-verified after a rotation");
     assert!(
         verifier.fetches > 3,
         "the verifier refetched only when max-age ran out"
@@ -249,9 +271,28 @@ async fn a_rotation_missed_during_downtime_happens_exactly_once_on_start() {
         // It is pre-published like any other: it signs one lead from now.
         assert_eq!(pending[0].activate_at, clock.now() + 3600);
     }
-    // Published at once, still not signing.
+    // Published at once, still not signing: tokens still carry the old kids.
     let kids = app.kids().await;
     assert_eq!(kids.len(), 4);
+    let secret = app
+        .create_client("cc", "client_credentials", "api:read", "RS256")
+        .await;
+    for _ in 0..3 {
+        let r = app
+            .token(("cc", &secret), &[("grant_type", "client_credentials")])
+            .await;
+        assert_eq!(r.status(), 200);
+        let at = r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let kid = crate::helpers::jwt_part(&at, 0)["kid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(first.contains(&kid), "the catch-up key signed early: {kid}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
 
     clock.advance(3600);
     app.wait_for_ring("catch-up keys active", |r| {
@@ -307,7 +348,7 @@ async fn keys_schedule_shows_the_next_transitions() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("signs from"));
 }
 
-async fn admin_token(app: &TestApp, user: &str, roles: &[&str]) -> String {
+pub(crate) async fn admin_token(app: &TestApp, user: &str, roles: &[&str]) -> String {
     app.create_user(user, PASSWORD, roles).await;
     let secret = app
         .create_client(&format!("{user}-cli"), "password", "openid", "ES256")

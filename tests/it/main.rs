@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "tests"
+    clippy::disallowed_methods,
+    reason = "tests read their switches from the environment and time from the wall clock"
 )]
 
 mod helpers;
@@ -46,3 +47,5 @@ mod metrics;
 mod openapi;
 // Known secrets grepped in every captured log line, CLI stderr and audit row.
 pub mod no_secrets;
+// The fault soak: replicas killed, KMS cut, skewed clocks (LATCHKEY_TEST_SOAK_SECS).
+mod soak;

@@ -258,3 +258,11 @@ async fn with_the_issuer_down_cached_keys_serve_until_stale_if_error_runs_out() 
     let err = v.verify(&t_rs).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 }
+
+#[test]
+fn latchkey_never_publishes_more_keys_than_the_verifier_accepts() {
+    assert_eq!(
+        latchkey::config::VERIFIER_MAX_KEYS,
+        latchkey_verifier::MAX_JWKS_KEYS as u64
+    );
+}

@@ -11,6 +11,10 @@
 //!
 //! Run: `cargo bench -p latchkey-verifier --bench verify -- --warm-up-time 1 --measurement-time 3`.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a stand-alone program outside the library: configured by its environment, timed by the wall clock"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

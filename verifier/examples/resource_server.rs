@@ -9,6 +9,10 @@
 //! - `BIND`: the address to listen on (default `127.0.0.1:3000`).
 //!
 //! Run with `cargo run -p latchkey-verifier --example resource_server`.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a stand-alone program outside the library: configured by its environment, timed by the wall clock"
+)]
 
 use axum::extract::FromRef;
 use axum::routing::{get, post};

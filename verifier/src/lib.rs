@@ -56,4 +56,4 @@ pub use cache::CacheStats;
 pub use claims::Claims;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, FetchError, Forbidden, JwksError, Malformed, VerifyError};
-pub use verifier::{TokenType, Verifier, VerifierBuilder};
+pub use verifier::{MAX_JWKS_KEYS, TokenType, Verifier, VerifierBuilder};

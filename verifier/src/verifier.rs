@@ -28,6 +28,10 @@ use crate::jwk::KeySet;
 /// Longest accepted header, in base64url characters. Real headers are under
 /// 200; the limit keeps the decode on the stack.
 const HEADER_B64_MAX: usize = 1024;
+
+/// Most keys accepted in one JWKS by default; latchkey's
+/// `keys.max_published_keys` is bounded by the same number.
+pub const MAX_JWKS_KEYS: usize = 64;
 /// Longest accepted signature, in base64url characters: an 8192-bit RSA
 /// signature (1024 bytes) is 1366.
 const SIGNATURE_B64_MAX: usize = 1366;
@@ -404,7 +408,7 @@ impl VerifierBuilder {
             max_kid_len: 128,
             clock: Arc::new(SystemClock),
             jwks_uri: None,
-            min_cache_ttl: Duration::from_secs(60),
+            min_cache_ttl: Duration::from_secs(1),
             max_cache_ttl: Duration::from_secs(24 * 3600),
             default_cache_ttl: Duration::from_secs(300),
             refetch_cooldown: Duration::from_secs(30),
@@ -412,7 +416,7 @@ impl VerifierBuilder {
             http_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_response_size: 256 * 1024,
-            max_keys: 64,
+            max_keys: MAX_JWKS_KEYS,
         }
     }
 
@@ -473,7 +477,8 @@ impl VerifierBuilder {
     }
 
     /// Floor and ceiling for the JWKS lifetime taken from `Cache-Control:
-    /// max-age` (default 60 s and 24 h).
+    /// max-age` (default 1 s and 24 h). A floor above the issuer's max-age
+    /// holds keys longer than the issuer pre-publishes for: keep it below.
     pub fn cache_ttl_bounds(mut self, min: Duration, max: Duration) -> Self {
         self.min_cache_ttl = min;
         self.max_cache_ttl = max;
@@ -518,7 +523,7 @@ impl VerifierBuilder {
         self
     }
 
-    /// Most keys accepted in one JWKS (default 64).
+    /// Most keys accepted in one JWKS (default [`MAX_JWKS_KEYS`]).
     pub fn max_keys(mut self, keys: usize) -> Self {
         self.max_keys = keys;
         self

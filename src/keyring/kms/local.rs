@@ -10,7 +10,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::{KmsError, open, seal, wrap_context};
-use crate::keyring::Alg;
+use crate::oauth::Alg;
 
 pub const MASTER_KEY_FILE: &str = "master.key";
 

@@ -17,10 +17,9 @@ use josekit::jws::JwsSigner;
 use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use zeroize::Zeroizing;
 
-use super::Alg;
 use super::key::{self, KeyError, PublicKey};
 use crate::config::{AwsMode, KeysConfig, KmsConfig};
-use crate::store::KeyRow;
+use crate::oauth::Alg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
@@ -52,6 +51,23 @@ pub struct NewMaterial {
     pub public_der: Vec<u8>,
     pub wrapped_private: Option<Vec<u8>>,
     pub kms_key_ref: Option<String>,
+}
+
+/// What the KMS needs to know about a stored key: its identity and where its
+/// private half lives. The seam takes these fields, not a database row, so the
+/// KMS knows nothing of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredKey<'a> {
+    pub kid: &'a str,
+    pub alg: Alg,
+    /// The provider that made the key (`local`, `aws-envelope`, `aws-native`).
+    pub provider: &'a str,
+    /// The KMS key (native: the signing key; envelope: the wrapping key).
+    pub key_ref: Option<&'a str>,
+    /// The wrapped private key (local and envelope modes); `None` once destroyed.
+    pub wrapped_private: Option<&'a [u8]>,
+    /// The published public half (SPKI DER) the private half must match.
+    pub public_der: &'a [u8],
 }
 
 /// Produces JWS signatures for one key.
@@ -139,18 +155,19 @@ impl Kms {
     }
 
     /// A signer for a stored key: unwrap (local, envelope) or a handle (native).
-    pub async fn signer_for(&self, row: &KeyRow, alg: Alg) -> Result<KeySigner, KmsError> {
-        if row.kms_provider != self.provider() {
+    pub async fn signer_for(&self, key: StoredKey<'_>) -> Result<KeySigner, KmsError> {
+        if key.provider != self.provider() {
             return Err(KmsError::ProviderMismatch {
-                kid: row.kid.clone(),
-                found: row.kms_provider.clone(),
+                kid: key.kid.to_string(),
+                found: key.provider.to_string(),
                 configured: self.provider().to_string(),
             });
         }
+        let alg = key.alg;
         match self {
             Self::Aws(a) if a.mode() == AwsMode::Native => {
-                let key_ref = row.kms_key_ref.clone().ok_or_else(|| {
-                    KmsError::KeyUnusable(row.kid.clone(), "no KMS key reference".into())
+                let key_ref = key.key_ref.map(str::to_string).ok_or_else(|| {
+                    KmsError::KeyUnusable(key.kid.to_string(), "no KMS key reference".into())
                 })?;
                 a.ensure_usable(&key_ref).await?;
                 Ok(KeySigner::Native {
@@ -160,15 +177,15 @@ impl Kms {
                 })
             }
             _ => {
-                let wrapped = row.wrapped_private.as_deref().ok_or_else(|| {
-                    KmsError::KeyUnusable(row.kid.clone(), "private key destroyed".into())
+                let wrapped = key.wrapped_private.ok_or_else(|| {
+                    KmsError::KeyUnusable(key.kid.to_string(), "private key destroyed".into())
                 })?;
                 let private_der = match self {
-                    Self::Local(l) => l.unwrap(wrapped, &row.kid, alg)?,
-                    Self::Aws(a) => a.unwrap(wrapped, &row.kid, alg).await?,
+                    Self::Local(l) => l.unwrap(wrapped, key.kid, alg)?,
+                    Self::Aws(a) => a.unwrap(wrapped, key.kid, alg).await?,
                 };
                 // The unwrapped key must be the one whose public half is published.
-                if key::public_der_of(&private_der)? != row.public_der {
+                if key::public_der_of(&private_der)? != key.public_der {
                     return Err(KmsError::Unwrap);
                 }
                 Ok(KeySigner::Local(key::local_signer(alg, &private_der)?))
@@ -176,11 +193,12 @@ impl Kms {
         }
     }
 
-    /// Destroy what the KMS holds for a retired key (native keys: schedule
-    /// deletion). Wrapped blobs are erased from the database by the caller.
-    pub async fn destroy(&self, row: &KeyRow) -> Result<(), KmsError> {
+    /// Destroy what the KMS holds for a key that is retired or was never stored
+    /// (native keys: schedule deletion). Wrapped blobs are erased from the
+    /// database by the caller.
+    pub async fn destroy(&self, provider: &str, key_ref: Option<&str>) -> Result<(), KmsError> {
         match self {
-            Self::Aws(a) if row.kms_provider == "aws-native" => match &row.kms_key_ref {
+            Self::Aws(a) if provider == "aws-native" => match key_ref {
                 Some(key_ref) => a.schedule_deletion(key_ref).await,
                 None => Ok(()),
             },

@@ -3,7 +3,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "tests"
+    clippy::disallowed_methods,
+    reason = "tests; they read the wall clock to make real tokens"
 )]
 
 // Keys, token minting and a controllable issuer over real HTTP.
