@@ -19,6 +19,8 @@ use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::{self, SchedulerStats};
+use crate::limits::Limits;
+use crate::limits::lockout::Lockout;
 use crate::oauth::wire::Discovery;
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -52,7 +54,8 @@ impl Services {
                 Secret::new(bytes.to_vec())
             }
         };
-        let secrets = tokio::task::spawn_blocking(move || Secrets::new(pepper))
+        let hashing = config.security.hashing.clone();
+        let secrets = tokio::task::spawn_blocking(move || Secrets::new(pepper, &hashing))
             .await
             .context("pepper setup task")??;
         let kms = Kms::open(&config.keys)
@@ -108,12 +111,20 @@ impl AppState {
             ring.clone(),
             clock.clone(),
         );
+        let limits = Limits::new(config.rate_limit.clone()).await;
+        let lockout = Lockout::new(
+            config.lockout.clone(),
+            limits.clone(),
+            services.store.clone(),
+        );
         let tokens = TokenService::new(
             services.store.clone(),
             services.secrets.clone(),
             minter,
             clock.clone(),
             config.tokens.clone(),
+            limits,
+            lockout,
         );
         let discovery = Discovery::new(
             &config.issuer,

@@ -85,6 +85,8 @@ pub enum UsersCmd {
     Disable { username: String },
     /// Re-enable a disabled user.
     Enable { username: String },
+    /// Clear a user's lockout (after repeated failed logins) and failure count.
+    Unlock { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +109,10 @@ pub enum ClientsCmd {
         /// Signing algorithm of this client's tokens (default: tokens.default_alg).
         #[arg(long)]
         alg: Option<String>,
+        /// An admin client: may be granted the latchkey:admin scope (added to
+        /// its scopes), which the admin API requires beside the admin role.
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -338,7 +344,9 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 Ok(())
             }
         }
-        UsersCmd::Disable { username } | UsersCmd::Enable { username }
+        UsersCmd::Disable { username }
+        | UsersCmd::Enable { username }
+        | UsersCmd::Unlock { username }
             if !valid_username(&username) =>
         {
             bail!("invalid username {username:?}")
@@ -364,6 +372,17 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
             println!("user {username} disabled; their sessions are revoked");
             Ok(())
         }
+        UsersCmd::Unlock { username } => {
+            if !services.store.unlock_user(&username, clock.now()).await? {
+                bail!("no user {username}");
+            }
+            services
+                .store
+                .record_event(clock.now(), &actor(), "user.unlock", Some(&username), "")
+                .await?;
+            println!("user {username} unlocked");
+            Ok(())
+        }
         UsersCmd::Enable { username } => {
             if !services
                 .store
@@ -387,6 +406,7 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 list.push(json!({
                     "id": u.id, "username": u.username, "email": u.email,
                     "roles": roles, "disabled": u.disabled, "created_at": u.created_at,
+                    "failed_logins": u.failed_logins, "locked_until": u.locked_until,
                 }));
             }
             if out.json {
@@ -416,6 +436,7 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             grant_types,
             scopes,
             alg,
+            admin,
             out,
         } => {
             if !valid_client_id(&client_id) {
@@ -444,6 +465,18 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             }
             let scope = Scope::parse(&scopes)
                 .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?;
+            let admin_scope = crate::oauth::scope::ADMIN_SCOPE;
+            if scope.contains(admin_scope) && !admin {
+                bail!(
+                    "--scopes must not contain {admin_scope}: register an admin client with --admin instead"
+                );
+            }
+            let scope = if admin {
+                Scope::parse(&format!("{scope} {admin_scope}"))
+                    .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?
+            } else {
+                scope
+            };
             let alg = parse_alg(alg.as_deref(), config.tokens.default_alg)?;
             let (shown_secret, digest) = if public {
                 (None, None)

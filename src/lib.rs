@@ -21,6 +21,7 @@ pub mod config;
 pub mod grant;
 pub mod http;
 pub mod keyring;
+pub mod limits;
 pub mod oauth;
 pub mod secret;
 pub mod store;

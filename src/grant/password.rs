@@ -2,12 +2,13 @@
 //!
 //! Unknown user, wrong password and disabled user all answer the same
 //! `invalid_grant` after the same argon2 work, so neither the body nor the
-//! timing tells an attacker which part was wrong.
+//! timing tells an attacker which part was wrong. A locked account
+//! (`limits::lockout`) answers the same too, even to the right password.
 
 use super::{AuthenticatedClient, TokenService, internal, scope_policy};
 use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{Error, GrantType, Scope};
+use crate::oauth::{Error, GrantType, RequestContext, Scope};
 use crate::secret;
 use crate::store::NewFamily;
 use crate::token::{Grant, IdentityInfo};
@@ -18,10 +19,11 @@ pub async fn grant(
     username: &str,
     password: Password,
     requested: Option<Scope>,
+    ctx: &RequestContext,
 ) -> Result<TokenResponse, Error> {
     // Scope is checked before the password so that a malformed request costs
     // no hashing; the answer does not depend on the credentials.
-    let scope = scope_policy(requested, &client.allowed_scopes)?;
+    let scope = scope_policy(requested.clone(), &client.allowed_scopes)?;
     let user = svc
         .store
         .find_user_by_username(username)
@@ -33,15 +35,29 @@ pub async fn grant(
         .verify_password(password.expose().to_string(), stored)
         .await
         .map_err(internal)?;
+    let now = svc.clock.now();
     let user = match user {
+        Some(u) if svc.lockout.is_locked(&u, now) => {
+            // Locked: refused whatever the password, and not counted, so the
+            // lock cannot be extended by more failures.
+            tracing::info!(client_id = %client.row.client_id, user_id = %u.id, "password grant refused: account locked");
+            return Err(Error::bad_credentials());
+        }
         Some(u) if verified && !u.disabled => u,
-        _ => {
+        other => {
+            if let Some(u) = other.as_ref().filter(|_| !verified) {
+                svc.lockout
+                    .record_failure(u, ctx, now)
+                    .await
+                    .map_err(internal)?;
+            }
             tracing::info!(client_id = %client.row.client_id, "password grant refused");
             return Err(Error::bad_credentials());
         }
     };
+    svc.lockout.record_success(&user).await.map_err(internal)?;
     let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
-    let now = svc.clock.now();
+    let scope = super::admin_scope_policy(scope, requested.as_ref(), &roles)?;
     let scope_text = scope.to_string();
 
     // A refresh token whenever the client may refresh; offline_access is accepted

@@ -70,7 +70,7 @@ pub async fn grant(
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let scope = scope_policy(requested, &ceiling)?;
+    let scope = super::keep_admin_scope(scope_policy(requested, &ceiling)?, &roles);
     let scope_text = scope.to_string();
 
     let successor = secret::random_token().map_err(internal)?;

@@ -1,6 +1,8 @@
-//! The admin API: the key-ring operations of the CLI over HTTP. Every route
-//! needs a live latchkey access token whose `roles` include `admin`; others get
-//! 403 `insufficient_scope` per RFC 6750.
+//! The admin API: the key-ring operations of the CLI over HTTP, and unlocking
+//! a locked-out account. Every route needs a live latchkey access token that
+//! carries the `latchkey:admin` scope (granted only to `--admin` clients) and
+//! whose user has the `admin` role (`grant::authorize_admin`); others get 403
+//! `insufficient_scope` per RFC 6750. Responses are never cached.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,17 +19,15 @@ use crate::keyring::lifecycle::{
     self, KeyInfo, LifecycleError, RetireOutcome, RotateOutcome, Upcoming,
 };
 use crate::oauth::{Error, ErrorCode};
+use serde_json::{Value, json};
 use crate::store::EventRow;
 
-pub const ADMIN_ROLE: &str = "admin";
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 /// The actor name recorded in events for an authorised admin.
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     let claims = authenticate(state, headers).await?;
-    if !claims.roles.iter().any(|r| r == ADMIN_ROLE) {
-        return Err(Error::new(ErrorCode::InsufficientScope, "the admin role is required").into());
-    }
+    crate::grant::authorize_admin(&claims.scope, &claims.roles)?;
     Ok(format!("admin-api:{}", claims.sub))
 }
 
@@ -159,4 +159,38 @@ pub async fn events(
         .await
         .map_err(internal)?;
     Ok(Json(rows))
+}
+
+/// `POST /admin/users/{username}/unlock`: clear a lockout and the failure count.
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let actor = admin(&state, &headers).await?;
+    if !crate::cli::valid_username(&username) {
+        return Err(Error::invalid_request("no such user").into());
+    }
+    let now = state.clock.now();
+    if !state
+        .store
+        .unlock_user(&username, now)
+        .await
+        .map_err(internal)?
+    {
+        return Err(Error::invalid_request("no such user").into());
+    }
+    state
+        .store
+        .record_event(now, &actor, "user.unlock", Some(&username), "")
+        .await
+        .map_err(internal)?;
+    let body: Value = json!({ "username": username, "unlocked": true });
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }

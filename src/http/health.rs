@@ -38,6 +38,13 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "key_transition_consecutive_failures": state.stats.consecutive_failures.load(Ordering::Relaxed),
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
         "key_load_failures": state.ring.incomplete_loads(),
+        // With the Redis backend and Redis unreachable, limits are enforced per
+        // replica (degraded, not down: the server still serves).
+        "rate_limit": {
+            "backend": state.tokens.limits().backend(),
+            "redis_reachable": state.tokens.limits().redis_healthy(),
+            "shared": state.tokens.limits().redis_healthy().unwrap_or(false),
+        },
     });
     let status = if db_ok && keys_ok {
         StatusCode::OK

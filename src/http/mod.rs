@@ -37,5 +37,6 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/rotate", post(admin::rotate))
         .route("/admin/keys/{kid}/retire", post(admin::retire))
         .route("/admin/events", get(admin::events))
+        .route("/admin/users/{username}/unlock", post(admin::unlock_user))
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::extract::{ClientMeta, form_body};
 use crate::app::AppState;
 use crate::grant::internal;
+use crate::limits::Endpoint;
 use crate::oauth::request::{Form, client_auth, parse_token_request};
 use crate::oauth::wire::Introspection;
 use crate::oauth::{ClientAuth, Error};
@@ -70,11 +71,15 @@ async fn client_form(
 /// `jti`). Unknown or foreign tokens get 200 too, so the endpoint reveals nothing.
 pub async fn revoke(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (auth, token) = client_form(&state, &headers, body).await?;
-    let client = state.tokens.authenticate(&auth).await?;
+    let client = state
+        .tokens
+        .authenticate_at(Endpoint::Revoke, &auth, &ctx)
+        .await?;
     let now = state.clock.now();
     let digest = secret::refresh_token_digest(&token);
     if let Some((family, _, _)) = state
@@ -109,11 +114,15 @@ pub async fn revoke(
 /// clients only (a public client could probe tokens).
 pub async fn introspect(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (auth, token) = client_form(&state, &headers, body).await?;
-    let client = state.tokens.authenticate(&auth).await?;
+    let client = state
+        .tokens
+        .authenticate_at(Endpoint::Introspect, &auth, &ctx)
+        .await?;
     if client.row.is_public {
         return Err(Error::invalid_client("introspection requires a confidential client").into());
     }

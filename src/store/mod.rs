@@ -101,16 +101,30 @@ impl Store {
     /// Apply the embedded migrations for this backend.
     pub async fn migrate(&self) -> Result<()> {
         let files: &[(i64, &str, &'static str)] = match self.backend {
-            Backend::Sqlite => &[(
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            )],
-            Backend::Postgres => &[(
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            )],
+            Backend::Sqlite => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/sqlite/0001_init.sql"),
+                ),
+                (
+                    3,
+                    "lockout",
+                    include_str!("../../migrations/sqlite/0003_lockout.sql"),
+                ),
+            ],
+            Backend::Postgres => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    3,
+                    "lockout",
+                    include_str!("../../migrations/postgres/0003_lockout.sql"),
+                ),
+            ],
         };
         let migrations = files
             .iter()
