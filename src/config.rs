@@ -271,6 +271,7 @@ struct RawRateLimit {
     redis_url: Option<String>,
     redis_prefix: String,
     redis_timeout_ms: u64,
+    per_username_by_address: bool,
     token: RawEndpointLimits,
     revoke: RawEndpointLimits,
     introspect: RawEndpointLimits,
@@ -285,6 +286,7 @@ impl Default for RawRateLimit {
             redis_url: None,
             redis_prefix: "latchkey:rl:".into(),
             redis_timeout_ms: 50,
+            per_username_by_address: true,
             token: RawEndpointLimits::default(),
             revoke: RawEndpointLimits::default(),
             introspect: RawEndpointLimits::default(),
@@ -574,6 +576,9 @@ pub enum RateLimitBackend {
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub enabled: bool,
+    /// Key the per-username limit by username and caller address (the
+    /// default) rather than by username alone; see ARCHITECTURE.md.
+    pub per_username_by_address: bool,
     pub backend: RateLimitBackend,
     pub token: EndpointLimits,
     pub revoke: EndpointLimits,
@@ -894,7 +899,11 @@ impl RawRate {
 
 impl RawEndpointLimits {
     /// Unset keys take `defaults`; a key set with `rate = 0` is off.
-    fn validate(self, name: &str, defaults: RawEndpointLimits) -> Result<EndpointLimits, ConfigError> {
+    fn validate(
+        self,
+        name: &str,
+        defaults: RawEndpointLimits,
+    ) -> Result<EndpointLimits, ConfigError> {
         let one = |v: Option<RawRate>, d: Option<RawRate>, key: &str| {
             v.or(d)
                 .map(|r| r.validate(&format!("rate_limit.{name}.{key}")))
@@ -959,6 +968,7 @@ impl RawRateLimit {
         };
         Ok(RateLimitConfig {
             enabled: self.enabled,
+            per_username_by_address: self.per_username_by_address,
             backend,
             token: self.token.validate("token", token)?,
             revoke: self.revoke.validate("revoke", service)?,
@@ -970,10 +980,25 @@ impl RawRateLimit {
 
 impl RawLockout {
     fn validate(self) -> Result<LockoutConfig, ConfigError> {
-        let base = bounded(self.base_delay_secs, 1, 86_400 * 30, "lockout.base_delay_secs")?;
-        let max = bounded(self.max_delay_secs, base, 86_400 * 365, "lockout.max_delay_secs")?;
+        let base = bounded(
+            self.base_delay_secs,
+            1,
+            86_400 * 30,
+            "lockout.base_delay_secs",
+        )?;
+        let max = bounded(
+            self.max_delay_secs,
+            base,
+            86_400 * 365,
+            "lockout.max_delay_secs",
+        )?;
         let per_source = RawRate {
-            rate: bounded(self.per_source_failures, 1, 1_000_000, "lockout.per_source_failures")?,
+            rate: bounded(
+                self.per_source_failures,
+                1,
+                1_000_000,
+                "lockout.per_source_failures",
+            )?,
             per_secs: bounded(
                 self.per_source_window_secs,
                 1,

@@ -287,8 +287,8 @@ fn hash_password_in(
     let salt = SaltString::encode_b64(&random_bytes(16)?).map_err(hash_err)?;
     let mut salt_raw = [0u8; 64];
     let salt_bytes = salt.as_salt().decode_b64(&mut salt_raw).map_err(hash_err)?;
-    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(ARGON2_OUT_LEN))
-        .map_err(hash_err)?;
+    let params =
+        Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(ARGON2_OUT_LEN)).map_err(hash_err)?;
     let mut out = [0u8; ARGON2_OUT_LEN];
     let memory = blocks_for(blocks, params.block_count());
     argon2(pepper, params.clone())?
@@ -421,8 +421,16 @@ mod tests {
             .hash_password(b"hunter22", &salt)
             .unwrap()
             .to_string();
-        assert!(s.verify_password("hunter22".into(), Some(theirs.clone())).await.unwrap());
-        assert!(!s.verify_password("hunter2".into(), Some(theirs)).await.unwrap());
+        assert!(
+            s.verify_password("hunter22".into(), Some(theirs.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.verify_password("hunter2".into(), Some(theirs))
+                .await
+                .unwrap()
+        );
         // Only pooled buffers exist: never more than the concurrency bound.
         assert!(s.pool.buffers.lock().unwrap().len() <= 2);
     }
@@ -440,7 +448,15 @@ mod tests {
         assert!(!pending.is_finished(), "hashing started without a permit");
         // The queue (length 1) is full: the next caller is refused at once.
         let refused = s.verify_password("y".into(), None).await.unwrap_err();
-        assert!(matches!(refused, SecretError::Busy { retry_after_secs: 60 }), "{refused}");
+        assert!(
+            matches!(
+                refused,
+                SecretError::Busy {
+                    retry_after_secs: 60
+                }
+            ),
+            "{refused}"
+        );
         drop(held);
         assert!(!pending.await.unwrap().unwrap());
     }
@@ -451,7 +467,15 @@ mod tests {
         let _held = s.pool.permits.acquire().await.unwrap();
         let started = std::time::Instant::now();
         let e = s.hash_password("password1".into()).await.unwrap_err();
-        assert!(matches!(e, SecretError::Busy { retry_after_secs: 1 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                SecretError::Busy {
+                    retry_after_secs: 1
+                }
+            ),
+            "{e}"
+        );
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(3));
     }

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
 use crate::keyring::{Alg, RingError};
-use crate::oauth::wire::TokenResponse;
+use crate::limits::lockout::Lockout;
 use crate::limits::{Endpoint, Limits};
 use crate::oauth::scope::{ADMIN_ROLE, ADMIN_SCOPE};
+use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret::{SecretError, Secrets};
 use crate::store::{ClientRow, Store, StoreError};
-use crate::limits::lockout::Lockout;
 use crate::token::Minter;
 
 /// Scopes that only make sense with a user behind the token (the admin scope
@@ -114,7 +114,9 @@ impl TokenService {
             TokenRequest::Password { username, .. } => Some(username.as_str()),
             _ => None,
         };
-        self.limits.check(Endpoint::Token, ctx, None, username).await?;
+        self.limits
+            .check(Endpoint::Token, ctx, None, username)
+            .await?;
         let client = self.authenticate(&auth).await?;
         self.limits
             .check(
@@ -318,9 +320,11 @@ mod tests {
         // Not asked for: never granted by default, even to an admin.
         let s = admin_scope_policy(all.clone(), None, &admin).unwrap();
         assert!(!s.contains(ADMIN_SCOPE));
-        assert!(admin_scope_policy(asked.clone(), Some(&asked), &admin)
-            .unwrap()
-            .contains(ADMIN_SCOPE));
+        assert!(
+            admin_scope_policy(asked.clone(), Some(&asked), &admin)
+                .unwrap()
+                .contains(ADMIN_SCOPE)
+        );
         let e = admin_scope_policy(asked.clone(), Some(&asked), &["dev".into()]).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidScope);
         assert!(!keep_admin_scope(all, &[]).contains(ADMIN_SCOPE));

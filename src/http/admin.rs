@@ -19,8 +19,8 @@ use crate::keyring::lifecycle::{
     self, KeyInfo, LifecycleError, RetireOutcome, RotateOutcome, Upcoming,
 };
 use crate::oauth::{Error, ErrorCode};
-use serde_json::{Value, json};
 use crate::store::EventRow;
+use serde_json::{Value, json};
 
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 

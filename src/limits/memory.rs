@@ -107,7 +107,10 @@ mod tests {
         }
         // The fourth at once waits one interval.
         assert_eq!(g.check_at(&k, t0), Some(Duration::from_secs(1)));
-        assert_eq!(g.check_at(&k, t0 + 400_000), Some(Duration::from_millis(600)));
+        assert_eq!(
+            g.check_at(&k, t0 + 400_000),
+            Some(Duration::from_millis(600))
+        );
         assert_eq!(g.check_at(&k, t0 + 1_000_000), None);
         assert!(g.check_at(&k, t0 + 1_000_000).is_some());
         // Other keys are independent.

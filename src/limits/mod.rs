@@ -153,10 +153,14 @@ impl Limits {
             });
         }
         if let (Some(rate), Some(u)) = (limits.per_username, username) {
-            keys.push(LimitKey {
-                key: format!("{name}:user:{u}"),
-                rate,
-            });
+            // By default per username *and* address: a budget per username
+            // alone would let one address keep a user from logging in by
+            // spending it. Guessing spread over many addresses is lockout's job.
+            let key = match (self.cfg.per_username_by_address, ctx.ip) {
+                (true, Some(ip)) => format!("{name}:user:{u}:{}", ip_key(ip)),
+                _ => format!("{name}:user:{u}"),
+            };
+            keys.push(LimitKey { key, rate });
         }
         match self.check_keys(&keys).await {
             None => Ok(()),

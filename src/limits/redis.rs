@@ -108,11 +108,8 @@ impl RedisGcra {
         else {
             return false;
         };
-        let ping = tokio::time::timeout(
-            bound,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
+        let ping =
+            tokio::time::timeout(bound, redis::cmd("PING").query_async::<String>(&mut conn)).await;
         if !matches!(ping, Ok(Ok(_))) {
             return false;
         }
@@ -168,8 +165,7 @@ impl RedisGcra {
                 .arg(interval)
                 .arg(interval.saturating_mul(k.rate.burst.saturating_sub(1)));
         }
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await
-        {
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(0)) => Some(None),
             Ok(Ok(wait)) => Some(Some(Duration::from_micros(
                 u64::try_from(wait).unwrap_or(1),

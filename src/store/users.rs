@@ -110,7 +110,10 @@ impl Store {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| r.try_get("failed_logins")).transpose()?.unwrap_or(0))
+        Ok(row
+            .map(|r| r.try_get("failed_logins"))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     pub async fn lock_user(&self, user_id: &str, until: UnixTime) -> Result<()> {

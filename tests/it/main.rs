@@ -28,3 +28,5 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// Rate limits (in-process and Redis), lockout and unlock, the argon2 queue, the admin scope.
+mod abuse;
