@@ -1358,6 +1358,54 @@ mod tests {
     }
 
     #[test]
+    fn abuse_defaults_and_overrides() {
+        let shipped = include_str!("../config/latchkey.toml");
+        let c = Config::from_toml_str(shipped, env(&[])).unwrap();
+        assert!(c.rate_limit.enabled);
+        assert!(matches!(c.rate_limit.backend, RateLimitBackend::Memory));
+        let per_user = c.rate_limit.token.per_username.unwrap();
+        assert_eq!(per_user.burst, 10);
+        assert_eq!(per_user.interval, std::time::Duration::from_secs(6));
+        assert_eq!(c.lockout.threshold, 5);
+        assert_eq!(c.security.hashing.queue, 64);
+        assert!(c.security.hashing.concurrency >= 2);
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_RATE_LIMIT__BACKEND", "redis"),
+                ("LATCHKEY_RATE_LIMIT__REDIS_URL", "redis://127.0.0.1:6379"),
+                ("LATCHKEY_RATE_LIMIT__TOKEN__PER_IP__RATE", "0"),
+                ("LATCHKEY_RATE_LIMIT__REVOKE__PER_CLIENT__RATE", "5"),
+                ("LATCHKEY_RATE_LIMIT__REVOKE__PER_CLIENT__PER_SECS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.rate_limit.backend,
+            RateLimitBackend::Redis { .. }
+        ));
+        assert!(
+            !format!("{c:?}").contains("6379"),
+            "the Redis URL may hold a password"
+        );
+        assert!(c.rate_limit.token.per_ip.is_none());
+        let r = c.rate_limit.revoke.per_client.unwrap();
+        assert_eq!(
+            (r.interval, r.burst),
+            (std::time::Duration::from_secs(2), 5)
+        );
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_RATE_LIMIT__BACKEND", "redis")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("redis_url"), "{err}");
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_SECURITY__HASH_QUEUE_WAIT_MS", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hash_queue_wait_ms"), "{err}");
+    }
+
+    #[test]
     fn bad_database_url_is_refused() {
         let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_DATABASE__URL", "mysql://x")]))
             .unwrap_err();

@@ -59,7 +59,7 @@ impl MemoryGcra {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.checks += 1;
-        if state.checks % PRUNE_EVERY == 0 {
+        if state.checks.is_multiple_of(PRUNE_EVERY) {
             state.tats.retain(|_, tat| *tat > now);
         }
         let mut wait = 0u64;
