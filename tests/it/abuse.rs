@@ -255,7 +255,9 @@ async fn the_lock_delay_doubles_and_the_admin_api_unlocks() {
     };
     let r = unlock(plain).await;
     assert_eq!(r.status(), 403);
-    let admin_secret = app.create_admin_client("ops", "password", "openid").await;
+    let admin_secret = app
+        .create_admin_client("ops", "password", "openid", "ES256")
+        .await;
     let admin = app
         .login(
             ("ops", &admin_secret),
@@ -396,7 +398,7 @@ async fn admin_api_needs_the_admin_scope_from_an_admin_client() {
         .create_client("app", "password", "openid api:read", "ES256")
         .await;
     let admin_secret = app
-        .create_admin_client("ops", "password,refresh_token", "openid")
+        .create_admin_client("ops", "password,refresh_token", "openid", "ES256")
         .await;
 
     // A pending key to retire.

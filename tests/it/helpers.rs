@@ -227,9 +227,15 @@ impl TestApp {
     }
 
     /// Register an admin client (`--admin`: may be granted `latchkey:admin`).
-    pub async fn create_admin_client(&self, id: &str, grants: &str, scopes: &str) -> String {
+    pub async fn create_admin_client(
+        &self,
+        id: &str,
+        grants: &str,
+        scopes: &str,
+        alg: &str,
+    ) -> String {
         let v = self
-            .clients_create(id, grants, scopes, &["--alg", "ES256", "--admin"])
+            .clients_create(id, grants, scopes, &["--alg", alg, "--admin"])
             .await;
         v["client_secret"].as_str().unwrap().to_string()
     }
