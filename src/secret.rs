@@ -191,12 +191,10 @@ impl Secrets {
         let pepper = Arc::new(pepper);
         let pool = Arc::new(HashPool::new(hashing));
         let dummy_password = random_token()?;
-        // Made in a pooled buffer too: no 19 MiB allocation outside the pool.
-        let mut buffer = Vec::new();
-        let dummy_hash = hash_password_in(&pepper, &dummy_password, &mut buffer)?;
-        if let Ok(mut buffers) = pool.buffers.lock() {
-            buffers.push(buffer);
-        }
+        // Its buffer is freed at once (a single large allocation goes back
+        // to the OS): an idle server holds no argon2 memory; the pool fills
+        // on the first logins.
+        let dummy_hash = hash_password_in(&pepper, &dummy_password, &mut Vec::new())?;
         Ok(Self {
             pepper,
             client_key: Arc::new(client_key),
