@@ -24,5 +24,6 @@ pub mod keyring;
 pub mod limits;
 pub mod oauth;
 pub mod secret;
+pub mod session;
 pub mod store;
 pub mod token;

@@ -12,6 +12,7 @@
 mod clients;
 mod events;
 mod keys;
+mod rotation;
 mod tokens;
 mod users;
 
@@ -25,7 +26,8 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 pub use clients::ClientRow;
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
-pub use tokens::{FamilyRow, NewFamily, PendingRotation, RefreshLookup};
+pub use rotation::{RotateOutcome, Rotation};
+pub use tokens::{AccessState, FamilyRow, NewFamily, PurgeCounts, RefreshState, TokenState};
 pub use users::UserRow;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -40,6 +42,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("rotation group failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -65,6 +69,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Group-commit writer for refresh rotations (`None` only inside the
+    /// writer tasks themselves).
+    writer: Option<rotation::RotationWriter>,
 }
 
 impl Store {
@@ -95,7 +102,13 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        let mut store = Self {
+            pool,
+            backend,
+            writer: None,
+        };
+        store.writer = Some(rotation::RotationWriter::start(&store));
+        Ok(store)
     }
 
     /// Apply the embedded migrations for this backend.
@@ -108,6 +121,11 @@ impl Store {
                     include_str!("../../migrations/sqlite/0001_init.sql"),
                 ),
                 (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/sqlite/0002_sessions.sql"),
+                ),
+                (
                     3,
                     "lockout",
                     include_str!("../../migrations/sqlite/0003_lockout.sql"),
@@ -118,6 +136,11 @@ impl Store {
                     1,
                     "init",
                     include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/postgres/0002_sessions.sql"),
                 ),
                 (
                     3,
