@@ -195,7 +195,7 @@ struct RawTokens {
     refresh_retry_window_secs: u64,
     cleanup_interval_secs: u64,
     cleanup_batch_size: u64,
-    revocation_poll_millis: u64,
+    clients_cache_millis: u64,
     audience: Option<String>,
     default_alg: String,
 }
@@ -210,7 +210,7 @@ impl Default for RawTokens {
             refresh_retry_window_secs: 10,
             cleanup_interval_secs: 300,
             cleanup_batch_size: 500,
-            revocation_poll_millis: 1000,
+            clients_cache_millis: 1000,
             audience: None,
             default_alg: "RS256".into(),
         }
@@ -527,9 +527,9 @@ pub struct TokenConfig {
     pub cleanup_interval_secs: u64,
     /// Most rows of each kind deleted per cleanup transaction.
     pub cleanup_batch_size: u64,
-    /// How often each server checks whether another process revoked
-    /// something (bounds how stale its access-token check cache can be).
-    pub revocation_poll_millis: u64,
+    /// How long a client registration read from the database is reused
+    /// (0 = read it on every request).
+    pub clients_cache_millis: u64,
     pub audience: String,
     pub default_alg: Alg,
 }
@@ -818,11 +818,11 @@ impl RawConfig {
                 100_000,
                 "tokens.cleanup_batch_size",
             )?,
-            revocation_poll_millis: bounded(
-                self.tokens.revocation_poll_millis,
-                50,
+            clients_cache_millis: bounded(
+                self.tokens.clients_cache_millis,
+                0,
                 60_000,
-                "tokens.revocation_poll_millis",
+                "tokens.clients_cache_millis",
             )?,
             audience: self.tokens.audience.unwrap_or_else(|| issuer.clone()),
             default_alg: parse_alg(&self.tokens.default_alg, "tokens.default_alg")?,

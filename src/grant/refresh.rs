@@ -208,7 +208,7 @@ async fn mint(
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
+    let roles = state.roles.clone();
     // The admin scope survives a refresh only while the user keeps the role.
     let scope = super::keep_admin_scope(scope_policy(requested, &ceiling)?, &roles);
     issue_for_user(
