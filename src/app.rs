@@ -17,6 +17,8 @@ use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::SchedulerStats;
+use crate::limits::Limits;
+use crate::limits::lockout::Lockout;
 use crate::metrics::Metrics;
 use crate::oauth::Alg;
 use crate::oauth::wire::Discovery;
@@ -54,7 +56,8 @@ impl Services {
                 Secret::new(bytes.to_vec())
             }
         };
-        let secrets = tokio::task::spawn_blocking(move || Secrets::new(pepper))
+        let hashing = config.security.hashing.clone();
+        let secrets = tokio::task::spawn_blocking(move || Secrets::new(pepper, &hashing))
             .await
             .context("pepper setup task")??;
         let kms = Kms::open(&config.keys)
@@ -121,6 +124,12 @@ impl AppState {
             clock.clone(),
         );
         let metrics = Metrics::new();
+        let limits = Limits::new(config.rate_limit.clone()).await;
+        let lockout = Lockout::new(
+            config.lockout.clone(),
+            limits.clone(),
+            services.store.clone(),
+        );
         let tokens = TokenService::new(
             services.store.clone(),
             services.secrets.clone(),
@@ -128,6 +137,8 @@ impl AppState {
             clock.clone(),
             config.tokens.clone(),
             metrics.clone(),
+            limits,
+            lockout,
         );
         let sessions = Sessions::new(
             services.store.clone(),

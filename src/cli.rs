@@ -118,6 +118,8 @@ pub enum UsersCmd {
     Disable { username: String },
     /// Re-enable a disabled user.
     Enable { username: String },
+    /// Clear a user's lockout (after repeated failed logins) and failure count.
+    Unlock { username: String },
     /// Set a new password (read from stdin); every session of the user ends.
     SetPassword {
         username: String,
@@ -146,6 +148,10 @@ pub enum ClientsCmd {
         /// Signing algorithm of this client's tokens (default: tokens.default_alg).
         #[arg(long)]
         alg: Option<String>,
+        /// An admin client: may be granted the latchkey:admin scope (added to
+        /// its scopes), which the admin API requires beside the admin role.
+        #[arg(long)]
+        admin: bool,
         /// A browser client: its refresh token travels only in an HttpOnly
         /// cookie scoped to the token endpoint, never in a response body.
         #[arg(long, requires = "origins")]
@@ -563,13 +569,28 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
             println!("password of {username} changed; {ended} sessions ended");
             Ok(())
         }
-        UsersCmd::Disable { username } | UsersCmd::Enable { username }
+        UsersCmd::Disable { username }
+        | UsersCmd::Enable { username }
+        | UsersCmd::Unlock { username }
             if !valid_username(&username) =>
         {
             bail!("invalid username {username:?}")
         }
         UsersCmd::Disable { username } => set_disabled(&services, &clock, &username, true).await,
         UsersCmd::Enable { username } => set_disabled(&services, &clock, &username, false).await,
+        UsersCmd::Unlock { username } => {
+            if !services.store.unlock_user(&username, clock.now()).await? {
+                bail!("no user {username}");
+            }
+            let event = Event::new(EventType::Unlock, clock.now())
+                .actor(actor())
+                .subject(&username)
+                .message("unlocked from the command line")
+                .detail(json!({ "username": username }));
+            services.store.append_event(&event).await?;
+            println!("user {username} unlocked");
+            Ok(())
+        }
         UsersCmd::List { out } => {
             let users = services.store.list_users().await?;
             let mut list = Vec::new();
@@ -578,6 +599,7 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 list.push(json!({
                     "id": u.id, "username": u.username, "email": u.email,
                     "roles": roles, "disabled": u.disabled, "created_at": u.created_at,
+                    "failed_logins": u.failed_logins, "locked_until": u.locked_until,
                 }));
             }
             if out.json {
@@ -660,6 +682,7 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             grant_types,
             scopes,
             alg,
+            admin,
             refresh_cookie,
             origins,
             introspect,
@@ -703,6 +726,18 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             }
             let scope = Scope::parse(&scopes)
                 .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?;
+            let admin_scope = crate::oauth::scope::ADMIN_SCOPE;
+            if scope.contains(admin_scope) && !admin {
+                bail!(
+                    "--scopes must not contain {admin_scope}: register an admin client with --admin instead"
+                );
+            }
+            let scope = if admin {
+                Scope::parse(&format!("{scope} {admin_scope}"))
+                    .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?
+            } else {
+                scope
+            };
             let alg = parse_alg(alg.as_deref(), config.tokens.default_alg)?;
             let (shown_secret, digest) = if public {
                 (None, None)

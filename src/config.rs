@@ -94,6 +94,10 @@ struct RawConfig {
     #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    lockout: RawLockout,
+    #[serde(default)]
     log: RawLog,
     #[serde(default)]
     audit: RawAudit,
@@ -305,11 +309,112 @@ impl Default for RawTokens {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawSecurity {
     pepper: Option<String>,
     pepper_file: Option<String>,
+    /// 0: two per CPU.
+    hash_concurrency: usize,
+    hash_queue: usize,
+    hash_queue_wait_ms: u64,
+}
+
+impl Default for RawSecurity {
+    fn default() -> Self {
+        Self {
+            pepper: None,
+            pepper_file: None,
+            hash_concurrency: 0,
+            hash_queue: 64,
+            hash_queue_wait_ms: 2000,
+        }
+    }
+}
+
+/// One limit as written: `rate` requests per `per_secs`, up to `burst` at once.
+/// `rate = 0` switches that limit off.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    rate: u64,
+    #[serde(default = "one")]
+    per_secs: u64,
+    burst: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn rate(rate: u64, per_secs: u64, burst: u64) -> Option<RawRate> {
+    Some(RawRate {
+        rate,
+        per_secs,
+        burst: Some(burst),
+    })
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEndpointLimits {
+    per_ip: Option<RawRate>,
+    per_client: Option<RawRate>,
+    per_username: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimit {
+    enabled: bool,
+    backend: String,
+    redis_url: Option<String>,
+    redis_prefix: String,
+    redis_timeout_ms: u64,
+    per_username_by_address: bool,
+    token: RawEndpointLimits,
+    revoke: RawEndpointLimits,
+    introspect: RawEndpointLimits,
+    account: RawEndpointLimits,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: "memory".into(),
+            redis_url: None,
+            redis_prefix: "latchkey:rl:".into(),
+            redis_timeout_ms: 50,
+            per_username_by_address: true,
+            token: RawEndpointLimits::default(),
+            revoke: RawEndpointLimits::default(),
+            introspect: RawEndpointLimits::default(),
+            account: RawEndpointLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLockout {
+    threshold: u32,
+    base_delay_secs: u64,
+    max_delay_secs: u64,
+    per_source_failures: u64,
+    per_source_window_secs: u64,
+}
+
+impl Default for RawLockout {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            base_delay_secs: 60,
+            max_delay_secs: 3600,
+            per_source_failures: 3,
+            per_source_window_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +537,8 @@ pub struct Config {
     pub keys: KeysConfig,
     pub tokens: TokenConfig,
     pub security: SecurityConfig,
+    pub rate_limit: RateLimitConfig,
+    pub lockout: LockoutConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
@@ -736,6 +843,67 @@ pub enum PepperSource {
 #[derive(Debug, Clone)]
 pub struct SecurityConfig {
     pub pepper: PepperSource,
+    pub hashing: HashingConfig,
+}
+
+/// The bound on argon2 work: computations at once, callers waiting, and how
+/// long one waits before it is told to retry.
+#[derive(Debug, Clone)]
+pub struct HashingConfig {
+    pub concurrency: usize,
+    pub queue: usize,
+    pub wait: std::time::Duration,
+}
+
+/// One limit: `burst` requests at once, refilled at one per `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval: std::time::Duration,
+    pub burst: u64,
+}
+
+/// The limits of one endpoint, per key kind; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndpointLimits {
+    pub per_ip: Option<Rate>,
+    pub per_client: Option<Rate>,
+    pub per_username: Option<Rate>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RateLimitBackend {
+    /// Each process counts for itself.
+    Memory,
+    /// One count shared by every replica through Redis.
+    Redis {
+        url: Secret,
+        prefix: String,
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Key the per-username limit by username and caller address (the
+    /// default) rather than by username alone; see ARCHITECTURE.md.
+    pub per_username_by_address: bool,
+    pub backend: RateLimitBackend,
+    pub token: EndpointLimits,
+    pub revoke: EndpointLimits,
+    pub introspect: EndpointLimits,
+    pub account: EndpointLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    /// Failures (counted ones) before an account is refused; 0 disables lockout.
+    pub threshold: u32,
+    pub base_delay_secs: u64,
+    pub max_delay_secs: u64,
+    /// How many failures one source address may contribute to an account's
+    /// count per window; further failures from it are not counted.
+    pub per_source: Rate,
 }
 
 impl Config {
@@ -1098,7 +1266,29 @@ impl RawConfig {
             },
             keys,
             tokens,
-            security: SecurityConfig { pepper },
+            security: SecurityConfig {
+                pepper,
+                hashing: HashingConfig {
+                    concurrency: match self.security.hash_concurrency {
+                        0 => crate::secret::default_hash_concurrency(),
+                        n => bounded_usize(n, 1, 1024, "security.hash_concurrency")?,
+                    },
+                    queue: bounded_usize(
+                        self.security.hash_queue,
+                        0,
+                        1_000_000,
+                        "security.hash_queue",
+                    )?,
+                    wait: std::time::Duration::from_millis(bounded(
+                        self.security.hash_queue_wait_ms,
+                        1,
+                        600_000,
+                        "security.hash_queue_wait_ms",
+                    )?),
+                },
+            },
+            rate_limit: self.rate_limit.validate()?,
+            lockout: self.lockout.validate()?,
             log,
             audit: self.audit.validate()?,
             metrics: self.metrics.validate()?,
@@ -1146,6 +1336,158 @@ impl RawMetrics {
             enabled: self.enabled,
             bind,
             token,
+        })
+    }
+}
+
+fn bounded_usize(v: usize, min: usize, max: usize, what: &str) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(format!(
+            "{what} must be between {min} and {max}, got {v}"
+        )))
+    }
+}
+
+impl RawRate {
+    fn validate(self, what: &str) -> Result<Option<Rate>, ConfigError> {
+        if self.rate == 0 {
+            return Ok(None);
+        }
+        let per = bounded(self.per_secs, 1, 86_400 * 7, &format!("{what}.per_secs"))?;
+        let rate = bounded(self.rate, 1, 1_000_000, &format!("{what}.rate"))?;
+        let burst = bounded(
+            self.burst.unwrap_or(rate),
+            1,
+            10_000_000,
+            &format!("{what}.burst"),
+        )?;
+        let interval = std::time::Duration::from_micros(per.saturating_mul(1_000_000) / rate);
+        if interval.is_zero() {
+            return Err(invalid(format!("{what}: rate is too high")));
+        }
+        Ok(Some(Rate { interval, burst }))
+    }
+}
+
+impl RawEndpointLimits {
+    /// Unset keys take `defaults`; a key set with `rate = 0` is off.
+    fn validate(
+        self,
+        name: &str,
+        defaults: RawEndpointLimits,
+    ) -> Result<EndpointLimits, ConfigError> {
+        let one = |v: Option<RawRate>, d: Option<RawRate>, key: &str| {
+            v.or(d)
+                .map(|r| r.validate(&format!("rate_limit.{name}.{key}")))
+                .transpose()
+                .map(Option::flatten)
+        };
+        Ok(EndpointLimits {
+            per_ip: one(self.per_ip, defaults.per_ip, "per_ip")?,
+            per_client: one(self.per_client, defaults.per_client, "per_client")?,
+            per_username: one(self.per_username, defaults.per_username, "per_username")?,
+        })
+    }
+}
+
+impl RawRateLimit {
+    fn validate(self) -> Result<RateLimitConfig, ConfigError> {
+        let backend = match self.backend.as_str() {
+            "memory" => RateLimitBackend::Memory,
+            "redis" => {
+                let url = self.redis_url.ok_or_else(|| {
+                    invalid("rate_limit.redis_url is required with rate_limit.backend = \"redis\"")
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid("rate_limit.redis_url must start with redis://"));
+                }
+                if self.redis_prefix.is_empty() || self.redis_prefix.len() > 128 {
+                    return Err(invalid("rate_limit.redis_prefix must be 1-128 characters"));
+                }
+                RateLimitBackend::Redis {
+                    url: Secret::new(url.into_bytes()),
+                    prefix: self.redis_prefix,
+                    timeout: std::time::Duration::from_millis(bounded(
+                        self.redis_timeout_ms,
+                        1,
+                        10_000,
+                        "rate_limit.redis_timeout_ms",
+                    )?),
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "rate_limit.backend must be memory or redis, not {other:?}"
+                )));
+            }
+        };
+        // Generous per address and per client (the test suite and ordinary
+        // traffic never meet them); tight per username, which is what stops
+        // online password guessing whatever the number of addresses.
+        let service = RawEndpointLimits {
+            per_ip: rate(200, 1, 400),
+            per_client: rate(1000, 1, 2000),
+            per_username: None,
+        };
+        let token = RawEndpointLimits {
+            per_username: rate(10, 60, 10),
+            ..service
+        };
+        let account = RawEndpointLimits {
+            per_ip: rate(20, 1, 40),
+            per_client: rate(200, 1, 400),
+            per_username: rate(10, 60, 10),
+        };
+        Ok(RateLimitConfig {
+            enabled: self.enabled,
+            per_username_by_address: self.per_username_by_address,
+            backend,
+            token: self.token.validate("token", token)?,
+            revoke: self.revoke.validate("revoke", service)?,
+            introspect: self.introspect.validate("introspect", service)?,
+            account: self.account.validate("account", account)?,
+        })
+    }
+}
+
+impl RawLockout {
+    fn validate(self) -> Result<LockoutConfig, ConfigError> {
+        let base = bounded(
+            self.base_delay_secs,
+            1,
+            86_400 * 30,
+            "lockout.base_delay_secs",
+        )?;
+        let max = bounded(
+            self.max_delay_secs,
+            base,
+            86_400 * 365,
+            "lockout.max_delay_secs",
+        )?;
+        let per_source = RawRate {
+            rate: bounded(
+                self.per_source_failures,
+                1,
+                1_000_000,
+                "lockout.per_source_failures",
+            )?,
+            per_secs: bounded(
+                self.per_source_window_secs,
+                1,
+                86_400 * 30,
+                "lockout.per_source_window_secs",
+            )?,
+            burst: None,
+        }
+        .validate("lockout")?
+        .ok_or_else(|| invalid("lockout.per_source_failures must be at least 1"))?;
+        Ok(LockoutConfig {
+            threshold: self.threshold,
+            base_delay_secs: base,
+            max_delay_secs: max,
+            per_source,
         })
     }
 }
@@ -1651,6 +1993,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("six fields"), "{err}");
+    }
+
+    #[test]
+    fn abuse_defaults_and_overrides() {
+        let shipped = include_str!("../config/latchkey.toml");
+        let c = Config::from_toml_str(shipped, env(&[])).unwrap();
+        assert!(c.rate_limit.enabled);
+        assert!(matches!(c.rate_limit.backend, RateLimitBackend::Memory));
+        let per_user = c.rate_limit.token.per_username.unwrap();
+        assert_eq!(per_user.burst, 10);
+        assert_eq!(per_user.interval, std::time::Duration::from_secs(6));
+        assert_eq!(c.lockout.threshold, 5);
+        assert_eq!(c.security.hashing.queue, 64);
+        assert!(c.security.hashing.concurrency >= 2);
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_RATE_LIMIT__BACKEND", "redis"),
+                ("LATCHKEY_RATE_LIMIT__REDIS_URL", "redis://127.0.0.1:6379"),
+                ("LATCHKEY_RATE_LIMIT__TOKEN__PER_IP__RATE", "0"),
+                ("LATCHKEY_RATE_LIMIT__REVOKE__PER_CLIENT__RATE", "5"),
+                ("LATCHKEY_RATE_LIMIT__REVOKE__PER_CLIENT__PER_SECS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.rate_limit.backend,
+            RateLimitBackend::Redis { .. }
+        ));
+        assert!(
+            !format!("{c:?}").contains("6379"),
+            "the Redis URL may hold a password"
+        );
+        assert!(c.rate_limit.token.per_ip.is_none());
+        let r = c.rate_limit.revoke.per_client.unwrap();
+        assert_eq!(
+            (r.interval, r.burst),
+            (std::time::Duration::from_secs(2), 5)
+        );
+        let err = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_RATE_LIMIT__BACKEND", "redis")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("redis_url"), "{err}");
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_SECURITY__HASH_QUEUE_WAIT_MS", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hash_queue_wait_ms"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod config;
 pub mod grant;
 pub mod http;
 pub mod keyring;
+pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod readiness;

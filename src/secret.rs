@@ -8,22 +8,26 @@
 //! HMAC-SHA-256 under a key derived from the pepper, refresh tokens are SHA-256.
 //! Every comparison of secret-derived bytes is constant time. Nothing here logs.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openssl::hash::{MessageDigest, hash};
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 
-use crate::config::Secret;
+use crate::config::{HashingConfig, Secret};
 
 /// OWASP's argon2id baseline: 19 MiB, two passes, one lane.
 const ARGON2_M_KIB: u32 = 19 * 1024;
 const ARGON2_T: u32 = 2;
 const ARGON2_P: u32 = 1;
+/// Length of the hash latchkey writes (argon2's default output length).
+const ARGON2_OUT_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -33,12 +37,94 @@ pub enum SecretError {
     Hash(String),
     #[error("password hashing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The hashing queue is full or the wait deadline passed: the caller is
+    /// told to come back, the work is not queued.
+    #[error("password hashing is saturated; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
 }
 
 /// Two argon2 computations per CPU keep every core busy under a login flood
 /// while memory stays bounded (2 × cores × 19 MiB).
-fn max_concurrent_hashes() -> usize {
+pub fn default_hash_concurrency() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
+/// The argon2 work bound and its memory: at most `concurrency` computations
+/// run, each in one of at most `concurrency` reused 19 MiB block buffers, and
+/// at most `queue` callers wait, each for at most `wait`.
+///
+/// Buffers are allocated on first use and then kept for the life of the
+/// process, so memory is bounded by construction (`concurrency` × 19 MiB) and
+/// never handed back and forth between the allocator's per-thread arenas,
+/// which is what made RSS grow with the number of blocking-pool threads.
+struct HashPool {
+    permits: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    queue: usize,
+    wait: Duration,
+    buffers: Mutex<Vec<Vec<Block>>>,
+}
+
+impl HashPool {
+    fn new(cfg: &HashingConfig) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(cfg.concurrency),
+            waiting: AtomicUsize::new(0),
+            queue: cfg.queue,
+            wait: cfg.wait,
+            buffers: Mutex::new(Vec::with_capacity(cfg.concurrency)),
+        }
+    }
+
+    fn busy(&self) -> SecretError {
+        SecretError::Busy {
+            retry_after_secs: self.wait.as_secs().max(1),
+        }
+    }
+
+    /// Run `f` on a blocking thread with a pooled block buffer, once a permit
+    /// is free; refuse at once when the queue is full, or after the deadline.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Vec<Block>) -> Result<T, SecretError> + Send + 'static,
+    ) -> Result<T, SecretError> {
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                // A waiter slot first, so the queue never grows past its bound.
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(self.busy());
+                }
+                let acquired = tokio::time::timeout(self.wait, self.permits.acquire()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => return Err(SecretError::Hash(e.to_string())),
+                    Err(_) => return Err(self.busy()),
+                }
+            }
+        };
+        let mut buffer = self
+            .buffers
+            .lock()
+            .map_err(|_| SecretError::Hash("hash buffer pool poisoned".into()))?
+            .pop()
+            .unwrap_or_default();
+        let pool = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = f(&mut buffer);
+            // Back into the pool before the permit is released, so at most
+            // `concurrency` buffers ever exist.
+            if let Ok(mut buffers) = pool.buffers.lock() {
+                buffers.push(buffer);
+            }
+            r
+        })
+        .await;
+        drop(permit);
+        result?
+    }
 }
 
 /// `n` bytes from OpenSSL's CSPRNG.
@@ -91,9 +177,9 @@ pub struct Secrets {
     /// A valid hash of a random password, verified against when a username is
     /// unknown so that both failures cost the same.
     dummy_hash: Arc<String>,
-    /// Bounds the argon2 computations in flight: each holds 19 MiB, so a
-    /// flood of logins queues here instead of exhausting memory.
-    hashing: Arc<tokio::sync::Semaphore>,
+    /// Bounds the argon2 computations in flight, the callers waiting for one,
+    /// and the memory they use.
+    pool: Arc<HashPool>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -103,30 +189,31 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    pub fn new(pepper: Secret) -> Result<Self, SecretError> {
+    pub fn new(pepper: Secret, hashing: &HashingConfig) -> Result<Self, SecretError> {
         let client_key = hmac_sha256(pepper.expose(), b"latchkey client-secret v1")?;
         let successor_key = hmac_sha256(pepper.expose(), b"latchkey refresh-successor v1")?;
         let pepper = Arc::new(pepper);
+        let pool = Arc::new(HashPool::new(hashing));
         let dummy_password = random_token()?;
-        let dummy_hash = hash_password_blocking(&pepper, &dummy_password)?;
+        // Its buffer is freed at once (a single large allocation goes back
+        // to the OS): an idle server holds no argon2 memory; the pool fills
+        // on the first logins.
+        let dummy_hash = hash_password_in(&pepper, &dummy_password, &mut Vec::new())?;
         Ok(Self {
             pepper,
             client_key: Arc::new(client_key),
             successor_key: Arc::new(successor_key),
             dummy_hash: Arc::new(dummy_hash),
-            hashing: Arc::new(tokio::sync::Semaphore::new(max_concurrent_hashes())),
+            pool,
         })
     }
 
     /// argon2id(pepper) of a password, as a PHC string; runs off the async runtime.
     pub async fn hash_password(&self, password: String) -> Result<String, SecretError> {
         let pepper = self.pepper.clone();
-        let _permit = self
-            .hashing
-            .acquire()
+        self.pool
+            .run(move |blocks| hash_password_in(&pepper, &password, blocks))
             .await
-            .map_err(|e| SecretError::Hash(e.to_string()))?;
-        tokio::task::spawn_blocking(move || hash_password_blocking(&pepper, &password)).await?
     }
 
     /// Check a password against a stored PHC string, off the async runtime. With
@@ -140,15 +227,10 @@ impl Secrets {
         let pepper = self.pepper.clone();
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_string());
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| SecretError::Hash(e.to_string()))?;
-        let ok = tokio::task::spawn_blocking(move || {
-            verify_password_blocking(&pepper, &password, &stored)
-        })
-        .await??;
+        let ok = self
+            .pool
+            .run(move |blocks| verify_password_in(&pepper, &password, &stored, blocks))
+            .await?;
         Ok(known && ok)
     }
 
@@ -189,32 +271,82 @@ pub fn refresh_token_digest(token: &str) -> Vec<u8> {
     sha256(token.as_bytes())
 }
 
-fn argon2(pepper: &Secret) -> Result<Argon2<'_>, SecretError> {
-    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
-        .map_err(|e| SecretError::Hash(e.to_string()))?;
+fn argon2<'p>(pepper: &'p Secret, params: Params) -> Result<Argon2<'p>, SecretError> {
     Argon2::new_with_secret(pepper.expose(), Algorithm::Argon2id, Version::V0x13, params)
         .map_err(|e| SecretError::Hash(e.to_string()))
 }
 
-fn hash_password_blocking(pepper: &Secret, password: &str) -> Result<String, SecretError> {
-    let salt =
-        SaltString::encode_b64(&random_bytes(16)?).map_err(|e| SecretError::Hash(e.to_string()))?;
-    let hash = argon2(pepper)?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| SecretError::Hash(e.to_string()))?;
-    Ok(hash.to_string())
+fn hash_err(e: impl std::fmt::Display) -> SecretError {
+    SecretError::Hash(e.to_string())
 }
 
-fn verify_password_blocking(
+/// Grow `blocks` to at least `n` blocks (only the first use of a pooled
+/// buffer allocates; a stored hash with a larger `m` than latchkey writes
+/// grows that one buffer once).
+fn blocks_for(blocks: &mut Vec<Block>, n: usize) -> &mut [Block] {
+    if blocks.len() < n {
+        blocks.resize(n, Block::new());
+    }
+    &mut blocks[..n]
+}
+
+/// argon2id(pepper) of `password` with a fresh salt, computed in `blocks`,
+/// as the PHC string the argon2 crate itself would write.
+fn hash_password_in(
+    pepper: &Secret,
+    password: &str,
+    blocks: &mut Vec<Block>,
+) -> Result<String, SecretError> {
+    let salt = SaltString::encode_b64(&random_bytes(16)?).map_err(hash_err)?;
+    let mut salt_raw = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_raw).map_err(hash_err)?;
+    let params =
+        Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(ARGON2_OUT_LEN)).map_err(hash_err)?;
+    let mut out = [0u8; ARGON2_OUT_LEN];
+    let memory = blocks_for(blocks, params.block_count());
+    argon2(pepper, params.clone())?
+        .hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, memory)
+        .map_err(hash_err)?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(hash_err)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(hash_err)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Recompute a stored PHC string's hash with its own parameters and salt and
+/// our pepper, in `blocks`, and compare in constant time.
+fn verify_password_in(
     pepper: &Secret,
     password: &str,
     stored: &str,
+    blocks: &mut Vec<Block>,
 ) -> Result<bool, SecretError> {
-    let parsed = PasswordHash::new(stored).map_err(|e| SecretError::Hash(e.to_string()))?;
+    let parsed = PasswordHash::new(stored).map_err(hash_err)?;
+    if parsed.algorithm != argon2::ARGON2ID_IDENT {
+        return Err(SecretError::Hash(format!(
+            "unsupported password hash algorithm {}",
+            parsed.algorithm
+        )));
+    }
+    let version = Version::try_from(parsed.version.unwrap_or(0x13)).map_err(hash_err)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(SecretError::Hash("stored hash lacks salt or output".into()));
+    };
     // The stored PHC string carries its own parameters; the pepper is ours.
-    Ok(argon2(pepper)?
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok())
+    let params = Params::try_from(&parsed).map_err(hash_err)?;
+    let mut salt_raw = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_raw).map_err(hash_err)?;
+    let mut out = vec![0u8; expected.len()];
+    let memory = blocks_for(blocks, params.block_count());
+    Argon2::new_with_secret(pepper.expose(), Algorithm::Argon2id, version, params)
+        .map_err(hash_err)?
+        .hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, memory)
+        .map_err(hash_err)?;
+    Ok(ct_eq(&out, expected.as_bytes()))
 }
 
 #[cfg(test)]
@@ -222,8 +354,20 @@ fn verify_password_blocking(
 mod tests {
     use super::*;
 
+    fn hashing(concurrency: usize, queue: usize, wait_ms: u64) -> HashingConfig {
+        HashingConfig {
+            concurrency,
+            queue,
+            wait: Duration::from_millis(wait_ms),
+        }
+    }
+
     fn secrets(pepper: &[u8]) -> Secrets {
-        Secrets::new(Secret::new(pepper.to_vec())).unwrap()
+        Secrets::new(
+            Secret::new(pepper.to_vec()),
+            &hashing(default_hash_concurrency(), 64, 5000),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -273,24 +417,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_hashing_is_bounded() {
-        let s = secrets(&[3u8; 32]);
-        let limit = max_concurrent_hashes();
-        assert_eq!(s.hashing.available_permits(), limit);
-        // Hold every permit: a verification must wait rather than start.
-        let held = s
-            .hashing
-            .acquire_many(u32::try_from(limit).unwrap())
-            .await
-            .unwrap();
+    async fn pooled_hashes_match_the_argon2_crate_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let pepper = Secret::new(vec![9u8; 32]);
+        let s = Secrets::new(pepper.clone(), &hashing(2, 4, 5000)).unwrap();
+        let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None).unwrap();
+        let reference = argon2(&pepper, params).unwrap();
+        // Ours verifies with the crate's own verifier...
+        let ours = s.hash_password("hunter22".into()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(reference.verify_password(b"hunter22", &parsed).is_ok());
+        assert!(reference.verify_password(b"hunter23", &parsed).is_err());
+        // ...and a hash the crate wrote (as stored by earlier releases) verifies here.
+        let salt = SaltString::encode_b64(&[5u8; 16]).unwrap();
+        let theirs = reference
+            .hash_password(b"hunter22", &salt)
+            .unwrap()
+            .to_string();
+        assert!(
+            s.verify_password("hunter22".into(), Some(theirs.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.verify_password("hunter2".into(), Some(theirs))
+                .await
+                .unwrap()
+        );
+        // Only pooled buffers exist: never more than the concurrency bound.
+        assert!(s.pool.buffers.lock().unwrap().len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_hashing_is_bounded_and_the_queue_refuses_past_its_length() {
+        let s = Secrets::new(Secret::new(vec![3u8; 32]), &hashing(1, 1, 60_000)).unwrap();
+        // Hold the only permit: a verification must wait rather than start.
+        let held = s.pool.permits.acquire().await.unwrap();
         let pending = tokio::spawn({
             let s = s.clone();
             async move { s.verify_password("x".into(), None).await }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!pending.is_finished(), "hashing started without a permit");
+        // The queue (length 1) is full: the next caller is refused at once.
+        let refused = s.verify_password("y".into(), None).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                SecretError::Busy {
+                    retry_after_secs: 60
+                }
+            ),
+            "{refused}"
+        );
         drop(held);
         assert!(!pending.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn waiting_past_the_deadline_is_refused() {
+        let s = Secrets::new(Secret::new(vec![4u8; 32]), &hashing(1, 8, 300)).unwrap();
+        let _held = s.pool.permits.acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        let e = s.hash_password("password1".into()).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SecretError::Busy {
+                    retry_after_secs: 1
+                }
+            ),
+            "{e}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]

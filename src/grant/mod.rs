@@ -22,8 +22,11 @@ use crate::audit::Audit;
 use crate::clock::{SharedClock, UnixTime};
 use crate::config::TokenConfig;
 use crate::keyring::RingError;
+use crate::limits::lockout::Lockout;
+use crate::limits::{Endpoint, Limits};
 use crate::metrics::Metrics;
 use crate::oauth::Alg;
+use crate::oauth::scope::{ADMIN_ROLE, ADMIN_SCOPE};
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
 use crate::secret;
@@ -31,8 +34,9 @@ use crate::secret::{SecretError, Secrets};
 use crate::store::{ClientRow, NewFamily, Store, StoreError};
 use crate::token::Minter;
 
-/// Scopes that only make sense with a user behind the token.
-const USER_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+/// Scopes that only make sense with a user behind the token (the admin scope
+/// too: the admin API also needs a user's admin role).
+const USER_SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", ADMIN_SCOPE];
 
 #[derive(Clone)]
 pub struct TokenService {
@@ -45,6 +49,8 @@ pub struct TokenService {
     pub(crate) audit: Audit,
     pub(crate) metrics: Metrics,
     clients: Arc<client_cache::ClientCache>,
+    pub(crate) limits: Limits,
+    pub(crate) lockout: Lockout,
 }
 
 /// A token response and how to deliver it.
@@ -89,6 +95,8 @@ impl TokenService {
         clock: SharedClock,
         cfg: TokenConfig,
         metrics: Metrics,
+        limits: Limits,
+        lockout: Lockout,
     ) -> Self {
         Self {
             audit: Audit::new(store.clone(), clock.clone()),
@@ -101,7 +109,31 @@ impl TokenService {
             )),
             cfg: Arc::new(cfg),
             metrics,
+            limits,
+            lockout,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Phase 0 and 1 for the endpoints beside `/token` (revocation,
+    /// introspection, account): the caller's address limit, client
+    /// authentication, then the client's limit.
+    pub async fn authenticate_at(
+        &self,
+        endpoint: Endpoint,
+        auth: &ClientAuth,
+        ctx: &RequestContext,
+    ) -> Result<AuthenticatedClient, Error> {
+        self.limits.check(endpoint, ctx, None, None).await?;
+        let client = self.authenticate(auth).await?;
+        let unaddressed = RequestContext::default();
+        self.limits
+            .check(endpoint, &unaddressed, Some(&client.row.client_id), None)
+            .await?;
+        Ok(client)
     }
 
     /// Handle one token request end to end.
@@ -111,7 +143,26 @@ impl TokenService {
         request: TokenRequest,
         ctx: &RequestContext,
     ) -> Result<Issued, Error> {
+        // Phase 0: rate limits, before any expensive work. The address (and,
+        // for the password grant, the username) before client authentication,
+        // so failed authentications count too; the client after it, so that
+        // nobody can spend a client's budget by naming it.
+        let username = match &request {
+            TokenRequest::Password { username, .. } => Some(username.as_str()),
+            _ => None,
+        };
+        self.limits
+            .check(Endpoint::Token, ctx, None, username)
+            .await?;
         let client = self.authenticate(&auth).await?;
+        self.limits
+            .check(
+                Endpoint::Token,
+                &RequestContext::default(),
+                Some(&client.row.client_id),
+                None,
+            )
+            .await?;
         let grant = request.grant_type();
         if !client.may(grant) {
             return Err(Error::new(
@@ -227,6 +278,57 @@ pub fn scope_policy(requested: Option<Scope>, ceiling: &Scope) -> Result<Scope, 
     }
 }
 
+/// The admin-scope rule of a login: [`ADMIN_SCOPE`] is granted only when the
+/// request names it (a default scope never includes it) and only to a user
+/// with the [`ADMIN_ROLE`]; asking for it without the role is `invalid_scope`.
+/// That the client may have it at all is the ceiling's business (`--admin`).
+pub fn admin_scope_policy(
+    scope: Scope,
+    requested: Option<&Scope>,
+    roles: &[String],
+) -> Result<Scope, Error> {
+    if !scope.contains(ADMIN_SCOPE) {
+        return Ok(scope);
+    }
+    if !requested.is_some_and(|r| r.contains(ADMIN_SCOPE)) {
+        return Ok(scope.without(ADMIN_SCOPE));
+    }
+    if !roles.iter().any(|r| r == ADMIN_ROLE) {
+        return Err(Error::invalid_scope(format!(
+            "the {ADMIN_SCOPE} scope requires a user with the {ADMIN_ROLE} role"
+        )));
+    }
+    Ok(scope)
+}
+
+/// A refresh keeps the admin scope only while the user still has the role.
+pub fn keep_admin_scope(scope: Scope, roles: &[String]) -> Scope {
+    if roles.iter().any(|r| r == ADMIN_ROLE) {
+        scope
+    } else {
+        scope.without(ADMIN_SCOPE)
+    }
+}
+
+/// Who may drive `/admin/*`: a verified latchkey access token that carries
+/// [`ADMIN_SCOPE`] (so it was issued to an admin client, on request) and whose
+/// user has the [`ADMIN_ROLE`]. Either missing is `insufficient_scope`.
+pub fn authorize_admin(scope: &str, roles: &[String]) -> Result<(), Error> {
+    if !scope.split(' ').any(|s| s == ADMIN_SCOPE) {
+        return Err(Error::new(
+            ErrorCode::InsufficientScope,
+            format!("the {ADMIN_SCOPE} scope is required"),
+        ));
+    }
+    if !roles.iter().any(|r| r == ADMIN_ROLE) {
+        return Err(Error::new(
+            ErrorCode::InsufficientScope,
+            format!("the {ADMIN_ROLE} role is required"),
+        ));
+    }
+    Ok(())
+}
+
 /// Log an internal failure with its cause; the client sees only `server_error`
 /// (or `temporarily_unavailable` when no signing key is loaded).
 pub fn internal<E: Into<InternalError>>(e: E) -> Error {
@@ -247,6 +349,14 @@ pub fn internal<E: Into<InternalError>>(e: E) -> Error {
             ErrorCode::TemporarilyUnavailable,
             "signing is paused on this server; try again shortly",
         );
+    }
+    if let InternalError::Secret(SecretError::Busy { retry_after_secs }) = &e {
+        tracing::warn!("password hashing saturated; refusing a login");
+        return Error::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the server is busy; try again shortly",
+        )
+        .with_retry_after(*retry_after_secs);
     }
     tracing::error!(error = %e, "token request failed");
     Error::server_error()
@@ -280,5 +390,29 @@ mod tests {
             scope_policy(Some(Scope::parse("api:write openid").unwrap()), &ceiling).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidScope);
         assert!(err.description.contains("api:write"));
+    }
+
+    #[test]
+    fn the_admin_scope_needs_a_request_and_the_role() {
+        let all = Scope::parse("openid latchkey:admin").unwrap();
+        let admin = vec!["admin".to_string()];
+        let asked = Scope::parse("latchkey:admin").unwrap();
+        // Not asked for: never granted by default, even to an admin.
+        let s = admin_scope_policy(all.clone(), None, &admin).unwrap();
+        assert!(!s.contains(ADMIN_SCOPE));
+        assert!(
+            admin_scope_policy(asked.clone(), Some(&asked), &admin)
+                .unwrap()
+                .contains(ADMIN_SCOPE)
+        );
+        let e = admin_scope_policy(asked.clone(), Some(&asked), &["dev".into()]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidScope);
+        assert!(!keep_admin_scope(all, &[]).contains(ADMIN_SCOPE));
+        assert!(authorize_admin("openid latchkey:admin", &admin).is_ok());
+        assert_eq!(
+            authorize_admin("openid", &admin).unwrap_err().code,
+            ErrorCode::InsufficientScope
+        );
+        assert!(authorize_admin("latchkey:admin", &[]).is_err());
     }
 }

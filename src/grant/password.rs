@@ -2,7 +2,8 @@
 //!
 //! Unknown user, wrong password and disabled user all answer the same
 //! `invalid_grant` after the same argon2 work, so neither the body nor the
-//! timing tells an attacker which part was wrong. A successful login starts a
+//! timing tells an attacker which part was wrong. A locked account
+//! (`limits::lockout`) answers the same too, even to the right password. A successful login starts a
 //! session (one refresh-token family) when the client may refresh.
 
 use super::issue::{UserIssue, issue_for_user};
@@ -25,7 +26,7 @@ pub async fn grant(
 ) -> Result<TokenResponse, Error> {
     // Scope is checked before the password so that a malformed request costs
     // no hashing; the answer does not depend on the credentials.
-    let scope = scope_policy(requested, &client.allowed_scopes)?;
+    let scope = scope_policy(requested.clone(), &client.allowed_scopes)?;
     let user = svc
         .store
         .find_user_by_username(username)
@@ -37,9 +38,22 @@ pub async fn grant(
         .verify_password(password.expose().to_string(), stored)
         .await
         .map_err(internal)?;
+    let now = svc.clock.now();
     let user = match user {
+        Some(u) if svc.lockout.is_locked(&u, now) => {
+            // Locked: refused whatever the password, and not counted, so the
+            // lock cannot be extended by more failures.
+            tracing::info!(client_id = %client.row.client_id, user_id = %u.id, "password grant refused: account locked");
+            return Err(Error::bad_credentials());
+        }
         Some(u) if verified && !u.disabled => u,
-        _ => {
+        other => {
+            if let Some(u) = other.as_ref().filter(|_| !verified) {
+                svc.lockout
+                    .record_failure(u, ctx, now)
+                    .await
+                    .map_err(internal)?;
+            }
             svc.audit
                 .record(
                     svc.audit
@@ -47,18 +61,21 @@ pub async fn grant(
                         .client(&client.row.client_id)
                         .context(ctx)
                         .detail(crate::audit::login_failure_detail(
-                            user.as_ref()
+                            other
+                                .as_ref()
                                 .map(|u| (u.id.as_str(), u.username.as_str(), u.disabled)),
                             verified,
                         ))
-                        .user(user.as_ref().map_or("", |u| u.id.as_str())),
+                        .user(other.as_ref().map_or("", |u| u.id.as_str())),
                 )
                 .await;
+            tracing::info!(client_id = %client.row.client_id, "password grant refused");
             return Err(Error::bad_credentials());
         }
     };
+    svc.lockout.record_success(&user).await.map_err(internal)?;
     let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
-    let now = svc.clock.now();
+    let scope = super::admin_scope_policy(scope, requested.as_ref(), &roles)?;
 
     // A refresh token (and so a session) whenever the client may refresh;
     // offline_access is accepted but not required.

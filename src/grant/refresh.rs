@@ -208,8 +208,9 @@ async fn mint(
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let scope = scope_policy(requested, &ceiling)?;
     let roles = state.roles.clone();
+    // The admin scope survives a refresh only while the user keeps the role.
+    let scope = super::keep_admin_scope(scope_policy(requested, &ceiling)?, &roles);
     issue_for_user(
         svc,
         client,

@@ -1,6 +1,8 @@
-//! The admin API: the key-ring operations of the CLI over HTTP. Every route
-//! needs a live latchkey access token whose `roles` include `admin`; others get
-//! 403 `insufficient_scope` per RFC 6750.
+//! The admin API: the key-ring operations of the CLI over HTTP, and unlocking
+//! a locked-out account. Every route needs a live latchkey access token that
+//! carries the `latchkey:admin` scope (granted only to `--admin` clients) and
+//! whose user has the `admin` role (`grant::authorize_admin`); others get 403
+//! `insufficient_scope` per RFC 6750. Responses are never cached.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -19,16 +21,14 @@ use crate::keyring::lifecycle::{
 use crate::oauth::Alg;
 use crate::oauth::{Error, ErrorCode};
 use crate::store::EventRow;
+use serde_json::{Value, json};
 
-pub const ADMIN_ROLE: &str = "admin";
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 /// The actor name recorded in events for an authorised admin.
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     let claims = authenticate(state, headers).await?;
-    if !claims.roles.iter().any(|r| r == ADMIN_ROLE) {
-        return Err(Error::new(ErrorCode::InsufficientScope, "the admin role is required").into());
-    }
+    crate::grant::authorize_admin(&claims.scope, &claims.roles)?;
     Ok(format!("admin-api:{}", claims.sub))
 }
 
@@ -183,6 +183,47 @@ pub async fn audit(
         .map_err(|e| Error::invalid_request(e.to_string()))?;
     let page = state.audit.query(&query).await.map_err(internal)?;
     Ok(Json(page))
+}
+
+/// `POST /admin/users/{username}/unlock`: clear a lockout and the failure count.
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let actor = admin(&state, &headers).await?;
+    if !crate::cli::valid_username(&username) {
+        return Err(Error::invalid_request("no such user").into());
+    }
+    let now = state.clock.now();
+    if !state
+        .store
+        .unlock_user(&username, now)
+        .await
+        .map_err(internal)?
+    {
+        return Err(Error::invalid_request("no such user").into());
+    }
+    state
+        .audit
+        .record(
+            state
+                .audit
+                .event(crate::audit::EventType::Unlock)
+                .actor(&actor)
+                .subject(&username)
+                .message("unlocked through the admin API")
+                .detail(json!({ "username": username })),
+        )
+        .await;
+    let body: Value = json!({ "username": username, "unlocked": true });
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }
 
 #[derive(Debug, Deserialize)]

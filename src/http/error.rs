@@ -36,6 +36,7 @@ fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::InvalidRequest
         | ErrorCode::InvalidGrant
         | ErrorCode::UnauthorizedClient
@@ -90,6 +91,9 @@ impl IntoResponse for ApiError {
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, c);
         }
+        if let Some(secs) = e.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if e.code == ErrorCode::RequestTimeout {
             // The rest of the body may still trickle in: do not read it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -118,6 +122,10 @@ mod tests {
         assert_eq!(status(ErrorCode::InvalidClient), StatusCode::UNAUTHORIZED);
         assert_eq!(status(ErrorCode::InvalidGrant), StatusCode::BAD_REQUEST);
         assert_eq!(status(ErrorCode::InsufficientScope), StatusCode::FORBIDDEN);
+        assert_eq!(
+            status(ErrorCode::RateLimited),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         assert_eq!(
             status(ErrorCode::RequestTooLarge),
             StatusCode::PAYLOAD_TOO_LARGE

@@ -40,6 +40,13 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
         "key_load_failures": state.ring.incomplete_loads(),
         "key_ring": state.ring.health(),
+        // With the Redis backend and Redis unreachable, limits are enforced per
+        // replica (degraded, not down: the server still serves).
+        "rate_limit": {
+            "backend": state.tokens.limits().backend(),
+            "redis_reachable": state.tokens.limits().redis_healthy(),
+            "shared": state.tokens.limits().redis_healthy().unwrap_or(false),
+        },
     });
     no_store((StatusCode::OK, Json(body)).into_response())
 }

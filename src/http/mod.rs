@@ -285,6 +285,12 @@ pub fn routes(config: &Config) -> Vec<Route> {
             .query(AUDIT_QUERY),
         ),
         route(
+            Post,
+            "/admin/users/{username}/unlock",
+            admin::unlock_user,
+            Doc::new("admin", "Clear a user's lockout and failure count", Admin),
+        ),
+        route(
             Get,
             "/admin/sessions",
             admin::list_sessions,

@@ -84,12 +84,13 @@ pub async fn token(
 /// RFC 7009: 200 whether or not the token was known, so nothing is revealed.
 pub async fn revoke(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
     let (auth, param) = parse_token_param(&body, authorization(&headers)?)?;
-    state.sessions.revoke(&auth, param).await?;
+    state.sessions.revoke(&auth, param, &ctx).await?;
     Ok(no_store(StatusCode::OK.into_response()))
 }
 
@@ -102,7 +103,7 @@ pub async fn introspect(
 ) -> Result<Response, ApiError> {
     let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
     let (auth, param) = parse_token_param(&body, authorization(&headers)?)?;
-    let out = state.sessions.introspect(&auth, param).await?;
+    let out = state.sessions.introspect(&auth, param, &ctx).await?;
     if !out.active {
         let event = state.audit.event(EventType::IntrospectInactive);
         state

@@ -56,6 +56,12 @@ pub enum ErrorCode {
     /// The server is temporarily unable to handle the request (RFC 6749
     /// §4.1.2.1), e.g. no signing key is loaded yet.
     TemporarilyUnavailable,
+    /// latchkey's own code: the caller (address, client or username) exceeded
+    /// a configured request rate. Answered with 429 and `Retry-After`; a
+    /// distinct code rather than `temporarily_unavailable` so that a client
+    /// can tell "you are too fast" from "the server is overloaded" (503), and
+    /// not `slow_down`, which RFC 8628 reserves for device-flow polling.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -75,6 +81,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -85,6 +92,9 @@ impl ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub description: Cow<'static, str>,
+    /// Whole seconds after which a retry may succeed (`Retry-After`), for
+    /// `rate_limited` and `temporarily_unavailable`.
+    pub retry_after: Option<u64>,
 }
 
 impl Error {
@@ -92,7 +102,23 @@ impl Error {
         Self {
             code,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client when to come back (at least 1 s).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    /// Too many requests for one limit key; retry after `secs`.
+    pub fn rate_limited(secs: u64) -> Self {
+        Self::new(
+            ErrorCode::RateLimited,
+            "too many requests; retry after the time in Retry-After",
+        )
+        .with_retry_after(secs)
     }
 
     pub fn invalid_request(d: impl Into<Cow<'static, str>>) -> Self {

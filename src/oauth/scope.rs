@@ -6,6 +6,13 @@ use std::fmt;
 use super::Error;
 
 /// Longest scope parameter accepted, in bytes.
+/// The scope that lets a token drive `/admin/*`. Only clients registered with
+/// `clients create --admin` may be granted it, only when a request names it,
+/// and only for a user with the [`ADMIN_ROLE`].
+pub const ADMIN_SCOPE: &str = "latchkey:admin";
+/// The user role the admin API requires beside [`ADMIN_SCOPE`].
+pub const ADMIN_ROLE: &str = "admin";
+
 pub const MAX_SCOPE_LEN: usize = 1024;
 /// Most scope tokens accepted in one request.
 pub const MAX_SCOPE_TOKENS: usize = 32;

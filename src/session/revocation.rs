@@ -8,16 +8,25 @@
 
 use super::Sessions;
 use crate::grant::{AuthenticatedClient, internal};
+use crate::limits::Endpoint;
 use crate::oauth::request::TokenParam;
 use crate::oauth::wire::Introspection;
-use crate::oauth::{ClientAuth, Error};
+use crate::oauth::{ClientAuth, Error, RequestContext};
 use crate::secret;
 use crate::token::verify::verify_access;
 
 impl Sessions {
     /// Revoke a refresh token (its whole session) or an access token (by `jti`).
-    pub async fn revoke(&self, auth: &ClientAuth, param: TokenParam) -> Result<(), Error> {
-        let client = self.tokens.authenticate(auth).await?;
+    pub async fn revoke(
+        &self,
+        auth: &ClientAuth,
+        param: TokenParam,
+        ctx: &RequestContext,
+    ) -> Result<(), Error> {
+        let client = self
+            .tokens
+            .authenticate_at(Endpoint::Revoke, auth, ctx)
+            .await?;
         let Some(token) = param.token else {
             return Ok(());
         };
@@ -55,8 +64,12 @@ impl Sessions {
         &self,
         auth: &ClientAuth,
         param: TokenParam,
+        ctx: &RequestContext,
     ) -> Result<Introspection, Error> {
-        let client = self.tokens.authenticate(auth).await?;
+        let client = self
+            .tokens
+            .authenticate_at(Endpoint::Introspect, auth, ctx)
+            .await?;
         if client.row.is_public {
             return Err(Error::invalid_client(
                 "introspection requires a confidential client",

@@ -128,6 +128,11 @@ impl Store {
                     include_str!("../../migrations/sqlite/0002_sessions.sql"),
                 ),
                 (
+                    3,
+                    "lockout",
+                    include_str!("../../migrations/sqlite/0003_lockout.sql"),
+                ),
+                (
                     4,
                     "audit",
                     include_str!("../../migrations/sqlite/0004_audit.sql"),
@@ -143,6 +148,11 @@ impl Store {
                     2,
                     "sessions",
                     include_str!("../../migrations/postgres/0002_sessions.sql"),
+                ),
+                (
+                    3,
+                    "lockout",
+                    include_str!("../../migrations/postgres/0003_lockout.sql"),
                 ),
                 (
                     4,

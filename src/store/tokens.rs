@@ -156,7 +156,8 @@ impl Store {
             "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
              t.used_at AS t_used_at, u.id AS u_id, u.username AS u_username, \
              u.password_hash AS u_password_hash, u.email AS u_email, u.disabled AS u_disabled, \
-             u.created_at AS u_created_at, {roles} AS u_roles \
+             u.created_at AS u_created_at, u.failed_logins AS u_failed_logins, \
+             u.locked_until AS u_locked_until, {roles} AS u_roles \
              FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
         )))
@@ -173,6 +174,8 @@ impl Store {
                 email: row.try_get("u_email")?,
                 disabled: row.try_get::<i64, _>("u_disabled")? != 0,
                 created_at: row.try_get("u_created_at")?,
+                failed_logins: row.try_get("u_failed_logins")?,
+                locked_until: row.try_get("u_locked_until")?,
             }),
         };
         let roles = row
@@ -351,7 +354,7 @@ impl Store {
                (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) AS denied, \
                (SELECT COUNT(*) FROM token_families WHERE id = $2 AND revoked_at IS NULL) AS live, \
                u.id, u.username, u.password_hash, u.email, u.disabled, u.created_at, \
-               u.tokens_not_before, {roles} AS roles \
+               u.tokens_not_before, u.failed_logins, u.locked_until, {roles} AS roles \
              FROM (SELECT 1 AS one) x LEFT JOIN users u ON u.id = $3"
         )))
         .bind(jti)
@@ -369,6 +372,8 @@ impl Store {
                     email: row.try_get("email")?,
                     disabled: row.try_get::<i64, _>("disabled")? != 0,
                     created_at: row.try_get("created_at")?,
+                    failed_logins: row.try_get::<Option<i64>, _>("failed_logins")?.unwrap_or(0),
+                    locked_until: row.try_get("locked_until")?,
                 },
                 row.try_get::<Option<String>, _>("roles")?
                     .map(|r| {

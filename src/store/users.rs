@@ -14,6 +14,10 @@ pub struct UserRow {
     pub email: Option<String>,
     pub disabled: bool,
     pub created_at: UnixTime,
+    /// Counted failed logins since the last success or unlock.
+    pub failed_logins: i64,
+    /// Logins are refused until this time (lockout).
+    pub locked_until: Option<UnixTime>,
 }
 
 fn user(row: &AnyRow) -> Result<UserRow> {
@@ -24,10 +28,13 @@ fn user(row: &AnyRow) -> Result<UserRow> {
         email: row.try_get("email")?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
+        failed_logins: row.try_get("failed_logins")?,
+        locked_until: row.try_get("locked_until")?,
     })
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, email, disabled, created_at";
+const USER_COLUMNS: &str =
+    "id, username, password_hash, email, disabled, created_at, failed_logins, locked_until";
 
 impl Store {
     /// Create a user with roles; `event` is written in the same transaction.
@@ -98,6 +105,52 @@ impl Store {
     pub async fn user_roles(&self, user_id: &str) -> Result<Vec<String>> {
         let mut conn = self.pool.acquire().await?;
         user_roles_on(&mut conn, user_id).await
+    }
+
+    /// Count one failed login atomically; returns the new count.
+    pub async fn count_login_failure(&self, user_id: &str, now: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE users SET failed_logins = failed_logins + 1, updated_at = $2 \
+             WHERE id = $1 RETURNING failed_logins",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get("failed_logins"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    pub async fn lock_user(&self, user_id: &str, until: UnixTime) -> Result<()> {
+        sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn reset_login_failures(&self, user_id: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Clear a user's lockout and failure count; false when there is no such user.
+    pub async fn unlock_user(&self, username: &str, now: UnixTime) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET failed_logins = 0, locked_until = NULL, updated_at = $2 \
+             WHERE username = $1",
+        )
+        .bind(username)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Disable or re-enable a login. Disabling also revokes every live

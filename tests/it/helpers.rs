@@ -252,6 +252,20 @@ impl TestApp {
         v["client_secret"].as_str().unwrap().to_string()
     }
 
+    /// Register an admin client (`--admin`: may be granted `latchkey:admin`).
+    pub async fn create_admin_client(
+        &self,
+        id: &str,
+        grants: &str,
+        scopes: &str,
+        alg: &str,
+    ) -> String {
+        let v = self
+            .clients_create(id, grants, scopes, &["--alg", alg, "--admin"])
+            .await;
+        v["client_secret"].as_str().unwrap().to_string()
+    }
+
     pub async fn create_public_client(&self, id: &str, grants: &str, scopes: &str) {
         let v = self.clients_create(id, grants, scopes, &["--public"]).await;
         assert!(v.get("client_secret").is_none());

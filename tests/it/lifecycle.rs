@@ -348,12 +348,19 @@ async fn keys_schedule_shows_the_next_transitions() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("signs from"));
 }
 
+/// A token from an `--admin` client: with the admin role it carries
+/// `latchkey:admin`; without the role it can only ask for `openid`.
 pub(crate) async fn admin_token(app: &TestApp, user: &str, roles: &[&str]) -> String {
     app.create_user(user, PASSWORD, roles).await;
     let secret = app
-        .create_client(&format!("{user}-cli"), "password", "openid", "ES256")
+        .create_admin_client(&format!("{user}-cli"), "password", "openid", "ES256")
         .await;
-    app.login((&format!("{user}-cli"), &secret), user, PASSWORD, "openid")
+    let scope = if roles.contains(&"admin") {
+        "openid latchkey:admin"
+    } else {
+        "openid"
+    };
+    app.login((&format!("{user}-cli"), &secret), user, PASSWORD, scope)
         .await["access_token"]
         .as_str()
         .unwrap()
@@ -491,10 +498,15 @@ async fn admin_api_operates_the_ring_and_refuses_non_admins() {
     // Malformed bodies are clear errors.
     let admin2 = {
         let secret = app
-            .create_client("root2", "password", "openid", "RS256")
+            .create_admin_client("root2", "password", "openid", "RS256")
             .await;
-        app.login(("root2", &secret), "root", PASSWORD, "openid")
-            .await["access_token"]
+        app.login(
+            ("root2", &secret),
+            "root",
+            PASSWORD,
+            "openid latchkey:admin",
+        )
+        .await["access_token"]
             .as_str()
             .unwrap()
             .to_string()

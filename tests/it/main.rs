@@ -49,3 +49,5 @@ mod openapi;
 pub mod no_secrets;
 // The fault soak: replicas killed, KMS cut, skewed clocks (LATCHKEY_TEST_SOAK_SECS).
 mod soak;
+// Rate limits (in-process and Redis), lockout and unlock, the argon2 queue, the admin scope.
+mod abuse;
