@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
             scopes: "api:read".into(),
             token_alg: alg.as_str().into(),
             created_at: clock.now(),
+            ..Default::default()
         };
         rt.block_on(state.store.create_client(&row)).unwrap();
         secrets.push((alg, row.client_id, secret));

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::authorize::Authorizer;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
@@ -74,6 +75,7 @@ pub struct AppState {
     pub store: Store,
     pub ring: Arc<KeyRing>,
     pub tokens: TokenService,
+    pub authorizer: Authorizer,
     pub lifecycle: Lifecycle,
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
@@ -115,6 +117,14 @@ impl AppState {
             clock.clone(),
             config.tokens.clone(),
         );
+        let authorizer = Authorizer::new(
+            services.store.clone(),
+            tokens.clone(),
+            ring.clone(),
+            clock.clone(),
+            config.authorize.clone(),
+            &config.issuer,
+        );
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
@@ -125,6 +135,7 @@ impl AppState {
             store: services.store,
             ring,
             tokens,
+            authorizer,
             lifecycle: services.lifecycle,
             clock,
             stats: Arc::new(SchedulerStats::default()),

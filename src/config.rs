@@ -61,6 +61,8 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     security: RawSecurity,
+    #[serde(default)]
+    authorize: RawAuthorize,
 }
 
 fn default_profile() -> String {
@@ -205,6 +207,22 @@ impl Default for RawTokens {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuthorize {
+    code_ttl_secs: u64,
+    session_ttl_secs: u64,
+}
+
+impl Default for RawAuthorize {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 60,
+            session_ttl_secs: 12 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawSecurity {
@@ -261,6 +279,16 @@ pub struct Config {
     pub keys: KeysConfig,
     pub tokens: TokenConfig,
     pub security: SecurityConfig,
+    pub authorize: AuthorizeConfig,
+}
+
+/// The authorization-code flow and the browser (single sign-on) session.
+#[derive(Debug, Clone)]
+pub struct AuthorizeConfig {
+    /// Lifetime of an authorization code (at most 60 s).
+    pub code_ttl_secs: u64,
+    /// Lifetime of the `__Host-latchkey-session` sign-in.
+    pub session_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -672,6 +700,22 @@ impl RawConfig {
             keys,
             tokens,
             security: SecurityConfig { pepper },
+            authorize: AuthorizeConfig {
+                // RFC 6749 §4.1.2 recommends at most ten minutes; a code is
+                // redeemed by a machine within seconds, so latchkey caps it at 60.
+                code_ttl_secs: bounded(
+                    self.authorize.code_ttl_secs,
+                    1,
+                    60,
+                    "authorize.code_ttl_secs",
+                )?,
+                session_ttl_secs: bounded(
+                    self.authorize.session_ttl_secs,
+                    60,
+                    30 * 86_400,
+                    "authorize.session_ttl_secs",
+                )?,
+            },
         })
     }
 }

@@ -10,8 +10,10 @@
 //! Grants return [`oauth::Error`] values; internal failures are logged here and
 //! surface only as `server_error`. Nothing here knows HTTP.
 
+mod authorization_code;
+pub use authorization_code::code_digest;
 mod client_credentials;
-mod password;
+pub mod password;
 mod refresh;
 
 use std::sync::Arc;
@@ -96,7 +98,44 @@ impl TokenService {
             TokenRequest::ClientCredentials { scope } => {
                 client_credentials::grant(self, &client, scope).await
             }
+            TokenRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => authorization_code::grant(self, &client, code, &redirect_uri, code_verifier).await,
         }
+    }
+
+    /// Start a login session: one refresh-token family with its first token.
+    /// Every grant that logs a user in opens its session through here.
+    pub async fn start_session(
+        &self,
+        family_id: &str,
+        refresh_token: &str,
+        user_id: &str,
+        client_id: &str,
+        scope: &str,
+        auth_time: crate::clock::UnixTime,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let ttl = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX / 4);
+        let absolute = now + ttl(self.cfg.refresh_absolute_ttl_secs);
+        let idle = (now + ttl(self.cfg.refresh_idle_ttl_secs)).min(absolute);
+        self.store
+            .create_family(
+                crate::store::NewFamily {
+                    id: family_id,
+                    user_id,
+                    client_id,
+                    scope,
+                    now: auth_time,
+                    expires_at: absolute,
+                },
+                &crate::secret::refresh_token_digest(refresh_token),
+                idle,
+            )
+            .await
+            .map_err(internal)
     }
 
     /// Phase 1: who is the client. Every failure is the same `invalid_client`.

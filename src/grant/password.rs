@@ -9,19 +9,16 @@ use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{Error, GrantType, Scope};
 use crate::secret;
-use crate::store::NewFamily;
 use crate::token::{Grant, IdentityInfo};
 
-pub async fn grant(
+/// Check a username and password: the one path every password sign-in takes
+/// (this grant and the login page), so both answer the same generic error
+/// after the same work.
+pub async fn verify_user(
     svc: &TokenService,
-    client: &AuthenticatedClient,
     username: &str,
-    password: Password,
-    requested: Option<Scope>,
-) -> Result<TokenResponse, Error> {
-    // Scope is checked before the password so that a malformed request costs
-    // no hashing; the answer does not depend on the credentials.
-    let scope = scope_policy(requested, &client.allowed_scopes)?;
+    password: &Password,
+) -> Result<crate::store::UserRow, Error> {
     let user = svc
         .store
         .find_user_by_username(username)
@@ -33,11 +30,27 @@ pub async fn grant(
         .verify_password(password.expose().to_string(), stored)
         .await
         .map_err(internal)?;
-    let user = match user {
-        Some(u) if verified && !u.disabled => u,
-        _ => {
+    match user {
+        Some(u) if verified && !u.disabled => Ok(u),
+        _ => Err(Error::bad_credentials()),
+    }
+}
+
+pub async fn grant(
+    svc: &TokenService,
+    client: &AuthenticatedClient,
+    username: &str,
+    password: Password,
+    requested: Option<Scope>,
+) -> Result<TokenResponse, Error> {
+    // Scope is checked before the password so that a malformed request costs
+    // no hashing; the answer does not depend on the credentials.
+    let scope = scope_policy(requested, &client.allowed_scopes)?;
+    let user = match verify_user(svc, username, &password).await {
+        Ok(u) => u,
+        Err(e) => {
             tracing::info!(client_id = %client.row.client_id, "password grant refused");
-            return Err(Error::bad_credentials());
+            return Err(e);
         }
     };
     let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
@@ -73,6 +86,7 @@ pub async fn grant(
             auth_time: now,
             include_profile: scope.contains("profile"),
             include_email: scope.contains("email"),
+            ..Default::default()
         };
         Some(
             svc.minter
@@ -86,25 +100,15 @@ pub async fn grant(
 
     // Stored last: if signing failed above, no orphan session exists.
     if let (Some(token), Some(family_id)) = (&refresh_token, &family_id) {
-        let absolute =
-            now + i64::try_from(svc.cfg.refresh_absolute_ttl_secs).unwrap_or(i64::MAX / 4);
-        let idle = (now + i64::try_from(svc.cfg.refresh_idle_ttl_secs).unwrap_or(i64::MAX / 4))
-            .min(absolute);
-        svc.store
-            .create_family(
-                NewFamily {
-                    id: family_id,
-                    user_id: &user.id,
-                    client_id: &client.row.client_id,
-                    scope: &scope_text,
-                    now,
-                    expires_at: absolute,
-                },
-                &secret::refresh_token_digest(token),
-                idle,
-            )
-            .await
-            .map_err(internal)?;
+        svc.start_session(
+            family_id,
+            token,
+            &user.id,
+            &client.row.client_id,
+            &scope_text,
+            now,
+        )
+        .await?;
     }
 
     tracing::info!(client_id = %client.row.client_id, user_id = %user.id, scope = %scope_text, "password grant");

@@ -93,6 +93,7 @@ pub async fn grant(
             auth_time: family.auth_time,
             include_profile: scope.contains("profile"),
             include_email: scope.contains("email"),
+            ..Default::default()
         };
         Some(
             svc.minter

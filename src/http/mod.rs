@@ -5,9 +5,11 @@
 //! this module knows status codes and headers; no handler contains policy.
 
 pub mod admin;
+pub mod authorize;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod pages;
 pub mod token;
 pub mod userinfo;
 pub mod wellknown;
@@ -23,7 +25,18 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/openid-configuration",
             get(wellknown::discovery),
         )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(wellknown::discovery),
+        )
         .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/authorize", get(authorize::authorize))
+        .route("/authorize/login", post(authorize::login))
+        .route("/authorize/consent", post(authorize::consent))
+        .route(
+            "/logout",
+            get(authorize::logout).post(authorize::logout_confirmed),
+        )
         .route("/token", post(token::token))
         .route("/revoke", post(token::revoke))
         .route("/introspect", post(token::introspect))

@@ -5,6 +5,7 @@
 //! protocol input into typed values (parse once, at the edge) and defines the
 //! values the HTTP layer renders.
 
+pub mod authorize;
 pub mod error;
 pub mod request;
 pub mod scope;

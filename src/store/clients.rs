@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use super::{Result, Store, StoreError};
 use crate::clock::UnixTime;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientRow {
     pub client_id: String,
     /// HMAC-SHA-256 of the secret; `None` for public clients.
@@ -18,6 +18,24 @@ pub struct ClientRow {
     pub scopes: String,
     pub token_alg: String,
     pub created_at: UnixTime,
+    /// Space-separated registered redirect URIs (authorization-code flow).
+    pub redirect_uris: String,
+    /// Space-separated registered post-logout redirect URIs.
+    pub post_logout_redirect_uris: String,
+    /// First-party clients are trusted: their users see no consent screen.
+    pub first_party: bool,
+}
+
+impl ClientRow {
+    pub fn redirect_uri_list(&self) -> impl Iterator<Item = &str> {
+        self.redirect_uris.split(' ').filter(|u| !u.is_empty())
+    }
+
+    pub fn post_logout_redirect_uri_list(&self) -> impl Iterator<Item = &str> {
+        self.post_logout_redirect_uris
+            .split(' ')
+            .filter(|u| !u.is_empty())
+    }
 }
 
 fn client(row: &AnyRow) -> Result<ClientRow> {
@@ -29,14 +47,18 @@ fn client(row: &AnyRow) -> Result<ClientRow> {
         scopes: row.try_get("scopes")?,
         token_alg: row.try_get("token_alg")?,
         created_at: row.try_get("created_at")?,
+        redirect_uris: row.try_get("redirect_uris")?,
+        post_logout_redirect_uris: row.try_get("post_logout_redirect_uris")?,
+        first_party: row.try_get::<i64, _>("first_party")? != 0,
     })
 }
 
 impl Store {
     pub async fn create_client(&self, c: &ClientRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
+             redirect_uris, post_logout_redirect_uris, first_party) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&c.client_id)
         .bind(c.secret_digest.clone())
@@ -45,6 +67,9 @@ impl Store {
         .bind(&c.scopes)
         .bind(&c.token_alg)
         .bind(c.created_at)
+        .bind(&c.redirect_uris)
+        .bind(&c.post_logout_redirect_uris)
+        .bind(super::flag(c.first_party))
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::conflict_or(e, format!("client {}", c.client_id)))?;
@@ -53,8 +78,8 @@ impl Store {
 
     pub async fn find_client(&self, client_id: &str) -> Result<Option<ClientRow>> {
         let row = sqlx::query(
-            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at \
-             FROM clients WHERE client_id = $1",
+            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
+             redirect_uris, post_logout_redirect_uris, first_party FROM clients WHERE client_id = $1",
         )
         .bind(client_id)
         .fetch_optional(&self.pool)
@@ -64,8 +89,8 @@ impl Store {
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRow>> {
         let rows = sqlx::query(
-            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at \
-             FROM clients ORDER BY client_id",
+            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
+             redirect_uris, post_logout_redirect_uris, first_party FROM clients ORDER BY client_id",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -9,7 +9,10 @@
 //! The store knows rows, not policy: it never decides whether a grant is allowed
 //! or a key may rotate; it gives callers transactions in which to decide.
 
+mod browser_sessions;
 mod clients;
+mod codes;
+mod consents;
 mod events;
 mod keys;
 mod tokens;
@@ -22,7 +25,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 
+pub use browser_sessions::BrowserSessionRow;
 pub use clients::ClientRow;
+pub use codes::{CodeRedemption, CodeRow, NewCode};
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
 pub use tokens::{FamilyRow, NewFamily, PendingRotation, RefreshLookup};
@@ -101,16 +106,30 @@ impl Store {
     /// Apply the embedded migrations for this backend.
     pub async fn migrate(&self) -> Result<()> {
         let files: &[(i64, &str, &'static str)] = match self.backend {
-            Backend::Sqlite => &[(
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            )],
-            Backend::Postgres => &[(
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            )],
+            Backend::Sqlite => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/sqlite/0001_init.sql"),
+                ),
+                (
+                    5,
+                    "authcode",
+                    include_str!("../../migrations/sqlite/0005_authcode.sql"),
+                ),
+            ],
+            Backend::Postgres => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    5,
+                    "authcode",
+                    include_str!("../../migrations/postgres/0005_authcode.sql"),
+                ),
+            ],
         };
         let migrations = files
             .iter()

@@ -28,3 +28,5 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// Authorization-code flow with PKCE: sign-in, SSO, consent, logout, every refusal.
+mod authcode;
