@@ -30,3 +30,5 @@ mod verifier;
 mod kms;
 // Authorization-code flow with PKCE: sign-in, SSO, consent, logout, every refusal.
 mod authcode;
+// The openidconnect crate as relying party: discovery, code + PKCE, ID token, userinfo.
+mod oidc_rp;
