@@ -32,3 +32,5 @@ mod kms;
 mod authcode;
 // The openidconnect crate as relying party: discovery, code + PKCE, ID token, userinfo.
 mod oidc_rp;
+// A real headless Chromium (LATCHKEY_TEST_BROWSER=1): sign-in, SSO, consent, CSRF, prompt=none.
+pub mod browser;
