@@ -140,12 +140,15 @@ pub fn artefacts_dir() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artefacts"))
 }
 
+/// Every callback query the relying party received, in order.
+type Received = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A tiny relying-party web app on its own loopback port: `/` has a login
 /// link, `/login` sends the browser to latchkey, `/cb` shows what came back.
 pub struct RpApp {
     pub base: String,
     pub client_id: String,
-    pub received: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub received: Received,
 }
 
 #[derive(Clone)]
@@ -153,7 +156,7 @@ struct RpState {
     authorize: String,
     client_id: String,
     redirect_uri: String,
-    received: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    received: Received,
     latchkey: String,
 }
 
