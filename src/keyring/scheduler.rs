@@ -77,6 +77,9 @@ pub async fn run(
             if let Err(e) = lifecycle.store().purge_expired(now).await {
                 tracing::warn!(error = %e, "purging expired tokens failed");
             }
+            if let Err(e) = lifecycle.store().purge_expired_sign_ins(now).await {
+                tracing::warn!(error = %e, "purging expired codes and browser sessions failed");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -47,6 +47,9 @@ pub enum CodeRedemption {
     Unknown,
 }
 
+/// How long past its expiry a code is remembered for replay detection.
+const REPLAY_MEMORY_SECS: i64 = 86_400;
+
 const COLUMNS: &str =
     "client_id, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at";
 
@@ -135,5 +138,26 @@ impl Store {
             Some(r) => r.try_get::<Option<i64>, _>("replayed_at")?.is_some(),
             None => false,
         })
+    }
+}
+
+impl Store {
+    /// Delete authorization codes and browser sessions that can no longer be
+    /// used. A code is kept for a day past its expiry, so that a replay in
+    /// that time is still recognised and revokes what the code issued.
+    pub async fn purge_expired_sign_ins(&self, now: UnixTime) -> Result<u64> {
+        let codes = sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
+            .bind(now - REPLAY_MEMORY_SECS)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let sessions = sqlx::query(
+            "DELETE FROM browser_sessions WHERE expires_at < $1 OR ended_at IS NOT NULL",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(codes + sessions)
     }
 }

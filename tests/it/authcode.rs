@@ -574,6 +574,50 @@ async fn expired_code_is_refused() {
 }
 
 #[tokio::test]
+async fn purging_keeps_codes_a_day_for_replay_detection() {
+    use latchkey::clock::{Clock, ManualClock, SystemClock};
+    let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now()));
+    let app = TestApp::spawn_with(crate::helpers::Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = code_client(&app, "web", "RS256", &["--first-party"]).await;
+    let flow = Flow::new("web");
+    let code = sign_in(&app, &browser(), &flow, "alice").await;
+    let body: Value = exchange(&app, ("web", &secret), &code, &flow)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // An hour later the code is expired but still remembered: a purge keeps it
+    // and a replay still revokes the session. (The access token itself has
+    // expired by then, so the refresh token shows the revocation.)
+    clock.advance(3600);
+    app.state
+        .store
+        .purge_expired_sign_ins(clock.now())
+        .await
+        .unwrap();
+    let r = exchange(&app, ("web", &secret), &code, &flow).await;
+    assert_eq!(error_of(r).await, (400, "invalid_grant".into()));
+    let r = app
+        .refresh(("web", &secret), body["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(error_of(r).await, (400, "invalid_grant".into()));
+    // Past a day, the code and the (ended or expired) browser sessions go.
+    clock.advance(86_400);
+    let purged = app
+        .state
+        .store
+        .purge_expired_sign_ins(clock.now())
+        .await
+        .unwrap();
+    assert_eq!(purged, 2, "one code and one expired browser session");
+}
+
+#[tokio::test]
 async fn login_errors_are_generic_and_forged_posts_are_refused() {
     let app = TestApp::spawn().await;
     app.create_user("alice", PASSWORD, &[]).await;
