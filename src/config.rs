@@ -912,6 +912,24 @@ mod tests {
     }
 
     #[test]
+    fn authorize_section_defaults_env_and_bounds() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.authorize.code_ttl_secs, 60);
+        assert_eq!(c.authorize.session_ttl_secs, 43_200);
+        let c = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "30")]))
+            .unwrap();
+        assert_eq!(c.authorize.code_ttl_secs, 30);
+        for (k, v) in [
+            ("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "61"),
+            ("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "0"),
+            ("LATCHKEY_AUTHORIZE__SESSION_TTL_SECS", "10"),
+        ] {
+            let err = Config::from_toml_str(MINIMAL, env(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains("authorize."), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
     fn env_overrides_nested_and_top_level_keys() {
         let c = Config::from_toml_str(
             MINIMAL,

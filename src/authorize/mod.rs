@@ -129,6 +129,13 @@ pub fn csrf_ok(cookie: Option<&str>, field: Option<&str>) -> bool {
     }
 }
 
+/// A fresh CSRF token (43 base64url characters), or an empty string if the
+/// system's randomness failed — which no check accepts, so forms then fail
+/// closed.
+pub fn new_csrf_token() -> String {
+    secret::random_token().unwrap_or_default()
+}
+
 /// The forged-form error (no or wrong CSRF token).
 pub fn csrf_error() -> Error {
     Error::new(

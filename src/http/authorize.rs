@@ -17,12 +17,11 @@ use crate::app::AppState;
 use crate::authorize::{
     CSRF_COOKIE, LogoutRequest, Outcome, SESSION_COOKIE, Step, csrf_error, csrf_ok,
 };
+use crate::oauth::Error;
 use crate::oauth::authorize::MAX_STATE_LEN;
 use crate::oauth::request::{
     Form, MAX_PASSWORD_LEN, MAX_REDIRECT_URI_LEN, MAX_USERNAME_LEN, Password,
 };
-use crate::oauth::{Error, ErrorCode};
-use crate::secret;
 
 /// Longest query string accepted at the browser endpoints.
 const MAX_QUERY_LEN: usize = 8 * 1024;
@@ -88,7 +87,7 @@ fn session_cookie(value: &str, max_age: u64) -> String {
 fn csrf_token(headers: &HeaderMap) -> (String, bool) {
     match cookie(headers, CSRF_COOKIE).filter(|c| c.len() == 43) {
         Some(c) => (c.to_string(), false),
-        None => (secret::random_token().unwrap_or_default(), true),
+        None => (crate::authorize::new_csrf_token(), true),
     }
 }
 
@@ -96,12 +95,7 @@ fn render(state: &AppState, headers: &HeaderMap, outcome: Outcome) -> Response {
     let issuer = &state.config.issuer;
     let (csrf, new_csrf) = csrf_token(headers);
     let mut r = match outcome.step {
-        Step::ErrorPage(e) => {
-            if e.code == ErrorCode::ServerError {
-                tracing::warn!("authorization request failed on the server side");
-            }
-            html(status(e.code), pages::error(&e))
-        }
+        Step::ErrorPage(e) => html(status(e.code), pages::error(&e)),
         Step::Redirect(to) => {
             let mut r = StatusCode::SEE_OTHER.into_response();
             match HeaderValue::from_str(&to) {
