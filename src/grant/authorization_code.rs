@@ -13,11 +13,12 @@
 //! first redemption either finds the session to revoke or is noticed by the
 //! first redemption itself (which then refuses to hand out tokens).
 
-use super::{AuthenticatedClient, TokenService, internal};
+use super::{AuthenticatedClient, SessionStart, TokenService, internal};
 use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{Error, GrantType, Scope};
+use crate::oauth::{Error, GrantType, RequestContext, Scope};
 use crate::secret;
+use crate::session::device_label;
 use crate::store::CodeRedemption;
 use crate::token::{Grant, IdentityInfo};
 
@@ -43,6 +44,7 @@ pub async fn grant(
     code: Password,
     redirect_uri: &str,
     verifier: Password,
+    ctx: &RequestContext,
 ) -> Result<TokenResponse, Error> {
     let refused =
         || Error::invalid_grant("the authorization code is invalid, expired or already used");
@@ -109,14 +111,18 @@ pub async fn grant(
     // Every code login is a session, so that a replay can revoke it. The
     // refresh token is handed out only to clients allowed to refresh.
     let refresh_token = secret::random_token().map_err(internal)?;
-    svc.start_session(
-        &family_id,
-        &refresh_token,
-        &user.id,
-        &client.row.client_id,
-        &scope_text,
-        row.auth_time,
-    )
+    let label = device_label(None, ctx.user_agent.as_deref());
+    let ip = ctx.ip.map(|ip| ip.to_string());
+    svc.start_session(SessionStart {
+        family_id: &family_id,
+        refresh_token: &refresh_token,
+        user_id: &user.id,
+        client_id: &client.row.client_id,
+        scope: &scope_text,
+        auth_time: row.auth_time,
+        device_label: label.as_deref(),
+        client_ip: ip.as_deref(),
+    })
     .await?;
     if svc.store.code_replayed(&digest).await.map_err(internal)? {
         svc.store

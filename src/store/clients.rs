@@ -24,6 +24,13 @@ pub struct ClientRow {
     pub post_logout_redirect_uris: String,
     /// First-party clients are trusted: their users see no consent screen.
     pub first_party: bool,
+    /// The refresh token travels only in an HttpOnly cookie, never in a body.
+    pub refresh_cookie: bool,
+    /// Space-separated browser origins (`scheme://host[:port]`) allowed to
+    /// call latchkey with credentials for this client (CORS, cookie refresh).
+    pub origins: String,
+    /// A resource server allowed to introspect tokens issued to other clients.
+    pub may_introspect: bool,
 }
 
 impl ClientRow {
@@ -35,6 +42,10 @@ impl ClientRow {
         self.post_logout_redirect_uris
             .split(' ')
             .filter(|u| !u.is_empty())
+    }
+
+    pub fn origin_list(&self) -> impl Iterator<Item = &str> {
+        self.origins.split(' ').filter(|o| !o.is_empty())
     }
 }
 
@@ -50,15 +61,22 @@ fn client(row: &AnyRow) -> Result<ClientRow> {
         redirect_uris: row.try_get("redirect_uris")?,
         post_logout_redirect_uris: row.try_get("post_logout_redirect_uris")?,
         first_party: row.try_get::<i64, _>("first_party")? != 0,
+        refresh_cookie: row.try_get::<i64, _>("refresh_cookie")? != 0,
+        origins: row.try_get("origins")?,
+        may_introspect: row.try_get::<i64, _>("may_introspect")? != 0,
     })
 }
+
+const CLIENT_COLUMNS: &str = "client_id, secret_digest, is_public, grant_types, scopes, token_alg, \
+     created_at, refresh_cookie, origins, may_introspect, redirect_uris, post_logout_redirect_uris, first_party";
 
 impl Store {
     pub async fn create_client(&self, c: &ClientRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
-             redirect_uris, post_logout_redirect_uris, first_party) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, \
+             created_at, refresh_cookie, origins, may_introspect, redirect_uris, post_logout_redirect_uris, \
+             first_party) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&c.client_id)
         .bind(c.secret_digest.clone())
@@ -67,6 +85,9 @@ impl Store {
         .bind(&c.scopes)
         .bind(&c.token_alg)
         .bind(c.created_at)
+        .bind(super::flag(c.refresh_cookie))
+        .bind(&c.origins)
+        .bind(super::flag(c.may_introspect))
         .bind(&c.redirect_uris)
         .bind(&c.post_logout_redirect_uris)
         .bind(super::flag(c.first_party))
@@ -77,10 +98,9 @@ impl Store {
     }
 
     pub async fn find_client(&self, client_id: &str) -> Result<Option<ClientRow>> {
-        let row = sqlx::query(
-            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
-             redirect_uris, post_logout_redirect_uris, first_party FROM clients WHERE client_id = $1",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1"
+        )))
         .bind(client_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -88,12 +108,33 @@ impl Store {
     }
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRow>> {
-        let rows = sqlx::query(
-            "SELECT client_id, secret_digest, is_public, grant_types, scopes, token_alg, created_at, \
-             redirect_uris, post_logout_redirect_uris, first_party FROM clients ORDER BY client_id",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id"
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(client).collect()
+    }
+}
+
+impl Store {
+    /// Every origin registered by any client (for CORS decisions).
+    pub async fn all_client_origins(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT origins FROM clients WHERE origins <> ''")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let origins: String = r.try_get("origins")?;
+            out.extend(
+                origins
+                    .split(' ')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 }

@@ -15,6 +15,7 @@ mod codes;
 mod consents;
 mod events;
 mod keys;
+mod rotation;
 mod tokens;
 mod users;
 
@@ -30,7 +31,8 @@ pub use clients::ClientRow;
 pub use codes::{CodeRedemption, CodeRow, NewCode};
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
-pub use tokens::{FamilyRow, NewFamily, PendingRotation, RefreshLookup};
+pub use rotation::{RotateOutcome, Rotation};
+pub use tokens::{AccessState, FamilyRow, NewFamily, PurgeCounts, RefreshState, TokenState};
 pub use users::UserRow;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -45,6 +47,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("rotation group failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -70,6 +74,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Group-commit writer for refresh rotations (`None` only inside the
+    /// writer tasks themselves).
+    writer: Option<rotation::RotationWriter>,
 }
 
 impl Store {
@@ -100,7 +107,13 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        let mut store = Self {
+            pool,
+            backend,
+            writer: None,
+        };
+        store.writer = Some(rotation::RotationWriter::start(&store));
+        Ok(store)
     }
 
     /// Apply the embedded migrations for this backend.
@@ -113,6 +126,11 @@ impl Store {
                     include_str!("../../migrations/sqlite/0001_init.sql"),
                 ),
                 (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/sqlite/0002_sessions.sql"),
+                ),
+                (
                     5,
                     "authcode",
                     include_str!("../../migrations/sqlite/0005_authcode.sql"),
@@ -123,6 +141,11 @@ impl Store {
                     1,
                     "init",
                     include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/postgres/0002_sessions.sql"),
                 ),
                 (
                     5,
