@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
             refresh_cookie: false,
             origins: String::new(),
             may_introspect: false,
+            ..Default::default()
         };
         rt.block_on(state.store.create_client(&row)).unwrap();
         secrets.push((alg, row.client_id, secret));
