@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
             refresh_cookie: false,
             origins: String::new(),
             may_introspect: false,
+            ..Default::default()
         };
         let event = Event::new(EventType::ClientCreated, clock.now()).client(&row.client_id);
         rt.block_on(state.store.create_client(&row, &event))

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use anyhow::Context as _;
 
 use crate::audit::Audit;
+use crate::authorize::Authorizer;
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
 use crate::grant::TokenService;
@@ -79,6 +80,7 @@ pub struct AppState {
     pub store: Store,
     pub ring: Arc<KeyRing>,
     pub tokens: TokenService,
+    pub authorizer: Authorizer,
     pub sessions: Sessions,
     pub lifecycle: Lifecycle,
     pub clock: SharedClock,
@@ -147,6 +149,14 @@ impl AppState {
             &config.issuer,
             tokens.clone(),
         );
+        let authorizer = Authorizer::new(
+            services.store.clone(),
+            tokens.clone(),
+            ring.clone(),
+            clock.clone(),
+            config.authorize.clone(),
+            &config.issuer,
+        );
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
@@ -166,6 +176,7 @@ impl AppState {
             store: services.store,
             ring,
             tokens,
+            authorizer,
             sessions,
             lifecycle: services.lifecycle,
             clock,

@@ -133,13 +133,13 @@ pub enum ClientsCmd {
     /// Register a client; prints a generated secret once (unless --public or --secret-stdin).
     Create {
         client_id: String,
-        /// A public client (no secret; password and refresh_token grants only).
+        /// A public client (no secret; authorization_code, password and refresh_token only).
         #[arg(long)]
         public: bool,
         /// Read the client secret from stdin instead of generating one (at least 32 characters).
         #[arg(long, conflicts_with = "public")]
         secret_stdin: bool,
-        /// Comma-separated: password, refresh_token, client_credentials.
+        /// Comma-separated: authorization_code, password, refresh_token, client_credentials.
         #[arg(long, value_delimiter = ',', required = true)]
         grant_types: Vec<String>,
         /// Space-separated scopes the client may request.
@@ -152,6 +152,16 @@ pub enum ClientsCmd {
         /// its scopes), which the admin API requires beside the admin role.
         #[arg(long)]
         admin: bool,
+        /// Comma-separated redirect URIs for the authorization-code flow, matched
+        /// exactly (a loopback http URI matches any port).
+        #[arg(long, value_delimiter = ',')]
+        redirect_uris: Vec<String>,
+        /// Comma-separated URIs a browser may be sent to after logout.
+        #[arg(long, value_delimiter = ',')]
+        post_logout_redirect_uris: Vec<String>,
+        /// A first-party client: its users are not asked for consent.
+        #[arg(long)]
+        first_party: bool,
         /// A browser client: its refresh token travels only in an HttpOnly
         /// cookie scoped to the token endpoint, never in a response body.
         #[arg(long, requires = "origins")]
@@ -683,6 +693,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             scopes,
             alg,
             admin,
+            redirect_uris,
+            post_logout_redirect_uris,
+            first_party,
             refresh_cookie,
             origins,
             introspect,
@@ -708,7 +721,7 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             {
                 let grant = GrantType::parse(g).with_context(|| {
                     format!(
-                        "unknown grant type {g:?}: use password, refresh_token, client_credentials"
+                        "unknown grant type {g:?}: use authorization_code, password, refresh_token, client_credentials"
                     )
                 })?;
                 if !grants.contains(&grant) {
@@ -720,6 +733,23 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             }
             if public && grants.contains(&GrantType::ClientCredentials) {
                 bail!("a public client cannot use client_credentials");
+            }
+            let uri_list = |uris: &[String], flag: &str| -> anyhow::Result<String> {
+                let mut out: Vec<&str> = Vec::new();
+                for u in uris.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+                    crate::authorize::validate_registered_uri(u)
+                        .map_err(|e| anyhow::anyhow!("invalid {flag}: {e}"))?;
+                    if !out.contains(&u) {
+                        out.push(u);
+                    }
+                }
+                Ok(out.join(" "))
+            };
+            let redirect_uris = uri_list(&redirect_uris, "--redirect-uris")?;
+            let post_logout_redirect_uris =
+                uri_list(&post_logout_redirect_uris, "--post-logout-redirect-uris")?;
+            if grants.contains(&GrantType::AuthorizationCode) && redirect_uris.is_empty() {
+                bail!("the authorization_code grant needs --redirect-uris");
             }
             if refresh_cookie && !grants.contains(&GrantType::RefreshToken) {
                 bail!("--refresh-cookie needs the refresh_token grant");
@@ -769,6 +799,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
                         scopes: scope.to_string(),
                         token_alg: alg.as_str().to_string(),
                         created_at: clock.now(),
+                        redirect_uris,
+                        post_logout_redirect_uris,
+                        first_party,
                         refresh_cookie,
                         origins: origins.join(" "),
                         may_introspect: introspect,
@@ -814,6 +847,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
                         "client_id": c.client_id, "public": c.is_public,
                         "grant_types": c.grant_types.split(' ').collect::<Vec<_>>(),
                         "scopes": c.scopes, "alg": c.token_alg, "created_at": c.created_at,
+                        "redirect_uris": c.redirect_uri_list().collect::<Vec<_>>(),
+                        "post_logout_redirect_uris": c.post_logout_redirect_uri_list().collect::<Vec<_>>(),
+                        "first_party": c.first_party,
                         "refresh_cookie": c.refresh_cookie, "introspect": c.may_introspect,
                         "origins": c.origin_list().collect::<Vec<_>>(),
                     })

@@ -105,6 +105,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     clock: RawClock,
+    #[serde(default)]
+    authorize: RawAuthorize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +307,22 @@ impl Default for RawTokens {
             clients_cache_millis: 1000,
             audience: None,
             default_alg: "RS256".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuthorize {
+    code_ttl_secs: u64,
+    session_ttl_secs: u64,
+}
+
+impl Default for RawAuthorize {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 60,
+            session_ttl_secs: 12 * 3600,
         }
     }
 }
@@ -543,6 +561,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
     pub clock: ClockConfig,
+    pub authorize: AuthorizeConfig,
 }
 
 /// The audit log's retention and its batched cleanup.
@@ -573,6 +592,15 @@ pub struct ClockConfig {
     /// Skip comparing this clock with the database's (tests that drive a
     /// manual clock far from real time; refused in `prod`).
     pub insecure_skip_database_check: bool,
+}
+
+/// The authorization-code flow and the browser (single sign-on) session.
+#[derive(Debug, Clone)]
+pub struct AuthorizeConfig {
+    /// Lifetime of an authorization code (at most 60 s).
+    pub code_ttl_secs: u64,
+    /// Lifetime of the `__Host-latchkey-session` sign-in.
+    pub session_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1293,6 +1321,22 @@ impl RawConfig {
             audit: self.audit.validate()?,
             metrics: self.metrics.validate()?,
             clock,
+            authorize: AuthorizeConfig {
+                // RFC 6749 §4.1.2 recommends at most ten minutes; a code is
+                // redeemed by a machine within seconds, so latchkey caps it at 60.
+                code_ttl_secs: bounded(
+                    self.authorize.code_ttl_secs,
+                    1,
+                    60,
+                    "authorize.code_ttl_secs",
+                )?,
+                session_ttl_secs: bounded(
+                    self.authorize.session_ttl_secs,
+                    60,
+                    30 * 86_400,
+                    "authorize.session_ttl_secs",
+                )?,
+            },
         })
     }
 }
@@ -1830,6 +1874,24 @@ mod tests {
                 Config::from_toml_str(MINIMAL, env(&[(key, value)])).is_err(),
                 "{key}={value} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn authorize_section_defaults_env_and_bounds() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.authorize.code_ttl_secs, 60);
+        assert_eq!(c.authorize.session_ttl_secs, 43_200);
+        let c = Config::from_toml_str(MINIMAL, env(&[("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "30")]))
+            .unwrap();
+        assert_eq!(c.authorize.code_ttl_secs, 30);
+        for (k, v) in [
+            ("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "61"),
+            ("LATCHKEY_AUTHORIZE__CODE_TTL_SECS", "0"),
+            ("LATCHKEY_AUTHORIZE__SESSION_TTL_SECS", "10"),
+        ] {
+            let err = Config::from_toml_str(MINIMAL, env(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains("authorize."), "{k}={v}: {err}");
         }
     }
 

@@ -10,6 +10,11 @@
 //! active key)  →  http::error / JSON response
 //! ```
 //!
+//! A browser sign-in flows the same way: `http::authorize` (query, cookies,
+//! bounded forms) → `oauth::authorize` (parse once) → `authorize` (client and
+//! redirect URI, sign-in, SSO session, consent, code) → `store`; the code then
+//! comes back through `/token` to `grant::authorization_code`.
+//!
 //! The key ring lives in memory ([`keyring::KeyRing`]), rebuilt from the database
 //! when its version moves; [`keyring::scheduler`] applies lifecycle transitions
 //! ([`keyring::lifecycle`]) in locked transactions. [`server`] accepts
@@ -18,6 +23,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod authorize;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -48,6 +48,7 @@ pub async fn issue_for_user(
             auth_time: issue.auth_time,
             include_profile: issue.scope.contains("profile"),
             include_email: issue.scope.contains("email"),
+            ..Default::default()
         };
         Some(
             svc.minter

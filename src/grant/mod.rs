@@ -10,10 +10,12 @@
 //! Grants return [`oauth::Error`] values; internal failures are logged here and
 //! surface only as `server_error`. Nothing here knows HTTP.
 
+mod authorization_code;
+pub use authorization_code::code_digest;
 mod client_cache;
 mod client_credentials;
 pub mod issue;
-mod password;
+pub mod password;
 mod refresh;
 
 use std::sync::Arc;
@@ -88,6 +90,10 @@ impl AuthenticatedClient {
 }
 
 impl TokenService {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "assembly hands each service over once, in app.rs"
+    )]
     pub fn new(
         store: Store,
         secrets: Secrets,
@@ -184,6 +190,14 @@ impl TokenService {
             } => refresh::grant(self, &client, refresh_token, scope, from_cookie, ctx).await,
             TokenRequest::ClientCredentials { scope } => {
                 client_credentials::grant(self, &client, scope).await
+            }
+            TokenRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                authorization_code::grant(self, &client, code, &redirect_uri, code_verifier, ctx)
+                    .await
             }
         }?;
         self.metrics.token_issued(grant.as_str(), client.alg);

@@ -15,18 +15,17 @@ use crate::oauth::{Error, GrantType, RequestContext, Scope};
 use crate::secret;
 use crate::session::device_label;
 
-pub async fn grant(
+/// Check a username and password: the one path every password sign-in takes
+/// (this grant and the login page), so both answer the same generic error
+/// after the same work, both count failures toward lockout, and both leave
+/// the same audit events.
+pub async fn verify_user(
     svc: &TokenService,
-    client: &AuthenticatedClient,
     username: &str,
-    password: Password,
-    requested: Option<Scope>,
-    device_name: Option<String>,
+    password: &Password,
+    client_id: &str,
     ctx: &RequestContext,
-) -> Result<TokenResponse, Error> {
-    // Scope is checked before the password so that a malformed request costs
-    // no hashing; the answer does not depend on the credentials.
-    let scope = scope_policy(requested.clone(), &client.allowed_scopes)?;
+) -> Result<crate::store::UserRow, Error> {
     let user = svc
         .store
         .find_user_by_username(username)
@@ -43,7 +42,7 @@ pub async fn grant(
         Some(u) if svc.lockout.is_locked(&u, now) => {
             // Locked: refused whatever the password, and not counted, so the
             // lock cannot be extended by more failures.
-            tracing::info!(client_id = %client.row.client_id, user_id = %u.id, "password grant refused: account locked");
+            tracing::info!(client_id, user_id = %u.id, "password sign-in refused: account locked");
             return Err(Error::bad_credentials());
         }
         Some(u) if verified && !u.disabled => u,
@@ -58,7 +57,7 @@ pub async fn grant(
                 .record(
                     svc.audit
                         .event(EventType::LoginFailure)
-                        .client(&client.row.client_id)
+                        .client(client_id)
                         .context(ctx)
                         .detail(crate::audit::login_failure_detail(
                             other
@@ -69,11 +68,28 @@ pub async fn grant(
                         .user(other.as_ref().map_or("", |u| u.id.as_str())),
                 )
                 .await;
-            tracing::info!(client_id = %client.row.client_id, "password grant refused");
+            tracing::info!(client_id, "password sign-in refused");
             return Err(Error::bad_credentials());
         }
     };
     svc.lockout.record_success(&user).await.map_err(internal)?;
+    Ok(user)
+}
+
+pub async fn grant(
+    svc: &TokenService,
+    client: &AuthenticatedClient,
+    username: &str,
+    password: Password,
+    requested: Option<Scope>,
+    device_name: Option<String>,
+    ctx: &RequestContext,
+) -> Result<TokenResponse, Error> {
+    // Scope is checked before the password so that a malformed request costs
+    // no hashing; the answer does not depend on the credentials.
+    let scope = scope_policy(requested.clone(), &client.allowed_scopes)?;
+    let user = verify_user(svc, username, &password, &client.row.client_id, ctx).await?;
+    let now = svc.clock.now();
     let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
     let scope = super::admin_scope_policy(scope, requested.as_ref(), &roles)?;
 

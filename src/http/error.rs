@@ -27,7 +27,7 @@ impl From<Error> for ApiError {
 
 pub const REALM: &str = "latchkey";
 
-fn status(code: ErrorCode) -> StatusCode {
+pub fn status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidClient | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
         ErrorCode::InsufficientScope | ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
@@ -41,7 +41,10 @@ fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidGrant
         | ErrorCode::UnauthorizedClient
         | ErrorCode::UnsupportedGrantType
-        | ErrorCode::InvalidScope => StatusCode::BAD_REQUEST,
+        | ErrorCode::InvalidScope
+        | ErrorCode::UnsupportedResponseType
+        | ErrorCode::LoginRequired
+        | ErrorCode::ConsentRequired => StatusCode::BAD_REQUEST,
     }
 }
 

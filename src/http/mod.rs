@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod authorize;
 pub mod cors;
 pub mod error;
 pub mod extract;
@@ -18,6 +19,7 @@ pub mod health;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod pages;
 pub mod token;
 pub mod userinfo;
 pub mod wellknown;
@@ -177,6 +179,62 @@ pub fn routes(config: &Config) -> Vec<Route> {
             "/.well-known/jwks.json",
             wellknown::jwks,
             Doc::new("discovery", "The published signing keys (RFC 7517)", Public),
+        ),
+        route(
+            Get,
+            "/.well-known/oauth-authorization-server",
+            wellknown::discovery,
+            Doc::new(
+                "discovery",
+                "OAuth 2.0 Authorization Server Metadata (RFC 8414)",
+                Public,
+            ),
+        ),
+        route(
+            Get,
+            "/authorize",
+            authorize::authorize,
+            Doc::new(
+                "oauth",
+                "Authorization endpoint: code flow with PKCE (OIDC Core §3.1.2)",
+                Public,
+            )
+            .produces("text/html"),
+        ),
+        route(
+            Post,
+            "/authorize/login",
+            authorize::login,
+            Doc::new("oauth", "The sign-in form", Public)
+                .input(Input::Form)
+                .produces("text/html"),
+        ),
+        route(
+            Post,
+            "/authorize/consent",
+            authorize::consent,
+            Doc::new("oauth", "The consent form", Public)
+                .input(Input::Form)
+                .produces("text/html"),
+        ),
+        route(
+            Get,
+            "/logout",
+            authorize::logout,
+            Doc::new(
+                "oauth",
+                "RP-initiated logout (OIDC RP-Initiated Logout 1.0)",
+                Public,
+            )
+            .produces("text/html"),
+        ),
+        route(
+            Post,
+            "/logout",
+            authorize::logout_confirmed,
+            Doc::new("oauth", "Logout confirmation", Public)
+                .input(Input::Form)
+                .produces("text/html"),
         ),
         route(
             Post,

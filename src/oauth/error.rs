@@ -42,6 +42,15 @@ pub enum ErrorCode {
     /// Authenticated, but lacking the role an administrative operation needs.
     /// Answered with 403.
     AccessDenied,
+    /// "The authorization server does not support obtaining an authorization
+    /// code using this method." (RFC 6749 §4.1.2.1)
+    UnsupportedResponseType,
+    /// "The Authorization Server requires End-User authentication." (OIDC
+    /// Core §3.1.2.6), answered to `prompt=none` without a sign-in.
+    LoginRequired,
+    /// "The Authorization Server requires End-User consent." (OIDC Core
+    /// §3.1.2.6), answered to `prompt=none` when consent is missing.
+    ConsentRequired,
     /// The request body exceeds the configured limit. Answered with 413.
     RequestTooLarge,
     /// The request body did not arrive within the body deadline. Answered
@@ -78,6 +87,9 @@ impl ErrorCode {
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
             Self::AccessDenied => "access_denied",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::LoginRequired => "login_required",
+            Self::ConsentRequired => "consent_required",
             Self::NotFound => "not_found",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",

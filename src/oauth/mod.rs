@@ -6,6 +6,7 @@
 //! values the HTTP layer renders.
 
 pub mod alg;
+pub mod authorize;
 pub mod error;
 pub mod request;
 pub mod scope;

@@ -17,6 +17,11 @@ pub const MAX_CLIENT_SECRET_LEN: usize = 256;
 /// Refresh tokens latchkey issues are 43 characters; anything longer than this
 /// cannot be one and is answered `invalid_grant` without further work.
 pub const MAX_REFRESH_TOKEN_LEN: usize = 512;
+pub const MAX_CODE_LEN: usize = 128;
+pub const MAX_REDIRECT_URI_LEN: usize = 2048;
+/// RFC 7636 §4.1: a verifier is 43 to 128 unreserved characters.
+pub const MIN_CODE_VERIFIER_LEN: usize = 43;
+pub const MAX_CODE_VERIFIER_LEN: usize = 128;
 /// Longest `device_name` kept, in characters.
 pub const MAX_DEVICE_NAME_LEN: usize = 64;
 /// Longest `token` accepted at revocation and introspection (longer cannot be
@@ -30,16 +35,23 @@ pub enum GrantType {
     Password,
     RefreshToken,
     ClientCredentials,
+    AuthorizationCode,
 }
 
 impl GrantType {
-    pub const ALL: [GrantType; 3] = [Self::Password, Self::RefreshToken, Self::ClientCredentials];
+    pub const ALL: [GrantType; 4] = [
+        Self::Password,
+        Self::RefreshToken,
+        Self::ClientCredentials,
+        Self::AuthorizationCode,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Password => "password",
             Self::RefreshToken => "refresh_token",
             Self::ClientCredentials => "client_credentials",
+            Self::AuthorizationCode => "authorization_code",
         }
     }
 
@@ -87,6 +99,13 @@ pub enum TokenRequest {
     ClientCredentials {
         scope: Option<Scope>,
     },
+    /// RFC 6749 §4.1.3 with the RFC 7636 §4.5 verifier (required: latchkey
+    /// issues codes only with an S256 challenge).
+    AuthorizationCode {
+        code: Password,
+        redirect_uri: String,
+        code_verifier: Password,
+    },
 }
 
 impl TokenRequest {
@@ -95,6 +114,7 @@ impl TokenRequest {
             Self::Password { .. } => GrantType::Password,
             Self::RefreshToken { .. } => GrantType::RefreshToken,
             Self::ClientCredentials { .. } => GrantType::ClientCredentials,
+            Self::AuthorizationCode { .. } => GrantType::AuthorizationCode,
         }
     }
 
@@ -103,6 +123,7 @@ impl TokenRequest {
             Self::Password { scope, .. }
             | Self::RefreshToken { scope, .. }
             | Self::ClientCredentials { scope } => scope.as_ref(),
+            Self::AuthorizationCode { .. } => None,
         }
     }
 }
@@ -221,11 +242,11 @@ impl Form {
         self.0.get(name).map(String::as_str)
     }
 
-    fn take(&mut self, name: &str) -> Option<String> {
+    pub(crate) fn take(&mut self, name: &str) -> Option<String> {
         self.0.remove(name)
     }
 
-    fn take_bounded(&mut self, name: &str, max: usize) -> Result<Option<String>, Error> {
+    pub(crate) fn take_bounded(&mut self, name: &str, max: usize) -> Result<Option<String>, Error> {
         match self.take(name) {
             Some(v) if v.len() > max => Err(Error::invalid_request(format!(
                 "parameter {name} is too long"
@@ -242,6 +263,12 @@ impl Form {
     fn scope(&mut self) -> Result<Option<Scope>, Error> {
         self.take("scope").map(|s| Scope::parse(&s)).transpose()
     }
+}
+
+/// RFC 3986 unreserved characters only (the PKCE verifier alphabet).
+pub fn is_unreserved(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
 /// A user-chosen label: printable characters only, trimmed, bounded.
@@ -290,7 +317,7 @@ pub fn parse_bearer_form(body: &[u8]) -> Result<Option<String>, Error> {
 }
 
 /// Echo at most a short, printable prefix of client-supplied text in errors.
-fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(32).collect()
 }
 
@@ -335,6 +362,21 @@ pub fn parse_token_request(
         Some(GrantType::ClientCredentials) => TokenRequest::ClientCredentials {
             scope: form.scope()?,
         },
+        Some(GrantType::AuthorizationCode) => {
+            let code = Password::new(form.require("code", MAX_CODE_LEN)?);
+            let redirect_uri = form.require("redirect_uri", MAX_REDIRECT_URI_LEN)?;
+            let code_verifier = form.require("code_verifier", MAX_CODE_VERIFIER_LEN)?;
+            if code_verifier.len() < MIN_CODE_VERIFIER_LEN || !is_unreserved(&code_verifier) {
+                return Err(Error::invalid_request(
+                    "code_verifier must be 43-128 characters of [A-Za-z0-9-._~] (RFC 7636)",
+                ));
+            }
+            TokenRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier: Password::new(code_verifier),
+            }
+        }
         None => {
             return Err(Error::new(
                 ErrorCode::UnsupportedGrantType,

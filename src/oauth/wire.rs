@@ -36,8 +36,8 @@ impl<'a> From<&'a Error> for ErrorBody<'a> {
 /// Scopes latchkey understands itself; clients may be granted others (API scopes).
 pub const STANDARD_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 
-/// Claims that can appear in ID tokens and userinfo responses.
-pub const CLAIMS_SUPPORTED: [&str; 13] = [
+/// Claims that can appear in ID tokens, access tokens and userinfo responses.
+pub const CLAIMS_SUPPORTED: [&str; 17] = [
     "iss",
     "sub",
     "aud",
@@ -50,7 +50,11 @@ pub const CLAIMS_SUPPORTED: [&str; 13] = [
     "roles",
     "preferred_username",
     "email",
-    "email_verified",
+    "azp",
+    "nonce",
+    "at_hash",
+    "amr",
+    "sid",
 ];
 
 pub const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
@@ -58,15 +62,23 @@ pub const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post"
 #[derive(Debug, Serialize)]
 pub struct Discovery {
     pub issuer: String,
+    pub authorization_endpoint: String,
     pub jwks_uri: String,
     pub token_endpoint: String,
     pub userinfo_endpoint: String,
     pub revocation_endpoint: String,
     pub introspection_endpoint: String,
+    /// OIDC RP-Initiated Logout 1.0 §2.1.
+    pub end_session_endpoint: String,
     pub grant_types_supported: Vec<&'static str>,
-    /// No authorization endpoint exists yet (the code flow is on the roadmap), so
-    /// no response type is offered.
+    /// Only the authorization-code flow (`code`); no implicit or hybrid flow.
     pub response_types_supported: Vec<&'static str>,
+    /// Results are returned in the redirect URI's query only.
+    pub response_modes_supported: Vec<&'static str>,
+    /// RFC 7636: S256 only, and required for every client.
+    pub code_challenge_methods_supported: Vec<&'static str>,
+    /// RFC 9207: every authorization response carries `iss`.
+    pub authorization_response_iss_parameter_supported: bool,
     pub subject_types_supported: Vec<&'static str>,
     pub id_token_signing_alg_values_supported: Vec<&'static str>,
     pub userinfo_signing_alg_values_supported: Vec<&'static str>,
@@ -88,13 +100,18 @@ impl Discovery {
         let scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| s.to_string()).collect();
         Self {
             issuer: issuer.to_string(),
+            authorization_endpoint: at("/authorize"),
             jwks_uri: at("/.well-known/jwks.json"),
             token_endpoint: at("/token"),
             userinfo_endpoint: at("/userinfo"),
             revocation_endpoint: at("/revoke"),
             introspection_endpoint: at("/introspect"),
+            end_session_endpoint: at("/logout"),
             grant_types_supported: GrantType::ALL.iter().map(|g| g.as_str()).collect(),
-            response_types_supported: Vec::new(),
+            response_types_supported: vec!["code"],
+            response_modes_supported: vec!["query"],
+            code_challenge_methods_supported: vec!["S256"],
+            authorization_response_iss_parameter_supported: true,
             subject_types_supported: vec!["public"],
             id_token_signing_alg_values_supported: signing_algs.clone(),
             userinfo_signing_alg_values_supported: Vec::new(),

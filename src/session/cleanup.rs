@@ -59,5 +59,10 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "deleting expired tokens failed"),
         }
+        // Authorization codes (kept a day for replay detection) and ended or
+        // expired browser sessions of the sign-in flow.
+        if let Err(e) = store.purge_expired_sign_ins(clock.now()).await {
+            tracing::warn!(error = %e, "deleting expired codes and browser sessions failed");
+        }
     }
 }

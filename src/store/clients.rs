@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use super::{Result, Store, StoreError};
 use crate::clock::UnixTime;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientRow {
     pub client_id: String,
     /// HMAC-SHA-256 of the secret; `None` for public clients.
@@ -18,6 +18,12 @@ pub struct ClientRow {
     pub scopes: String,
     pub token_alg: String,
     pub created_at: UnixTime,
+    /// Space-separated registered redirect URIs (authorization-code flow).
+    pub redirect_uris: String,
+    /// Space-separated registered post-logout redirect URIs.
+    pub post_logout_redirect_uris: String,
+    /// First-party clients are trusted: their users see no consent screen.
+    pub first_party: bool,
     /// The refresh token travels only in an HttpOnly cookie, never in a body.
     pub refresh_cookie: bool,
     /// Space-separated browser origins (`scheme://host[:port]`) allowed to
@@ -28,6 +34,16 @@ pub struct ClientRow {
 }
 
 impl ClientRow {
+    pub fn redirect_uri_list(&self) -> impl Iterator<Item = &str> {
+        self.redirect_uris.split(' ').filter(|u| !u.is_empty())
+    }
+
+    pub fn post_logout_redirect_uri_list(&self) -> impl Iterator<Item = &str> {
+        self.post_logout_redirect_uris
+            .split(' ')
+            .filter(|u| !u.is_empty())
+    }
+
     pub fn origin_list(&self) -> impl Iterator<Item = &str> {
         self.origins.split(' ').filter(|o| !o.is_empty())
     }
@@ -42,6 +58,9 @@ fn client(row: &AnyRow) -> Result<ClientRow> {
         scopes: row.try_get("scopes")?,
         token_alg: row.try_get("token_alg")?,
         created_at: row.try_get("created_at")?,
+        redirect_uris: row.try_get("redirect_uris")?,
+        post_logout_redirect_uris: row.try_get("post_logout_redirect_uris")?,
+        first_party: row.try_get::<i64, _>("first_party")? != 0,
         refresh_cookie: row.try_get::<i64, _>("refresh_cookie")? != 0,
         origins: row.try_get("origins")?,
         may_introspect: row.try_get::<i64, _>("may_introspect")? != 0,
@@ -49,7 +68,7 @@ fn client(row: &AnyRow) -> Result<ClientRow> {
 }
 
 const CLIENT_COLUMNS: &str = "client_id, secret_digest, is_public, grant_types, scopes, token_alg, \
-     created_at, refresh_cookie, origins, may_introspect";
+     created_at, refresh_cookie, origins, may_introspect, redirect_uris, post_logout_redirect_uris, first_party";
 
 impl Store {
     /// Register a client; `event` is written in the same transaction.
@@ -57,8 +76,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO clients (client_id, secret_digest, is_public, grant_types, scopes, token_alg, \
-             created_at, refresh_cookie, origins, may_introspect) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created_at, refresh_cookie, origins, may_introspect, redirect_uris, post_logout_redirect_uris, \
+             first_party) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&c.client_id)
         .bind(c.secret_digest.clone())
@@ -70,6 +90,9 @@ impl Store {
         .bind(super::flag(c.refresh_cookie))
         .bind(&c.origins)
         .bind(super::flag(c.may_introspect))
+        .bind(&c.redirect_uris)
+        .bind(&c.post_logout_redirect_uris)
+        .bind(super::flag(c.first_party))
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_or(e, format!("client {}", c.client_id)))?;

@@ -10,7 +10,10 @@
 //! or a key may rotate; it gives callers transactions in which to decide.
 
 pub mod audit;
+mod browser_sessions;
 mod clients;
+mod codes;
+mod consents;
 mod events;
 mod keys;
 mod rotation;
@@ -25,7 +28,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 
 pub use audit::AuditRow;
+pub use browser_sessions::BrowserSessionRow;
 pub use clients::ClientRow;
+pub use codes::{CodeRedemption, CodeRow, NewCode};
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
 pub use rotation::{RotateOutcome, Rotation};
@@ -137,6 +142,11 @@ impl Store {
                     "audit",
                     include_str!("../../migrations/sqlite/0004_audit.sql"),
                 ),
+                (
+                    5,
+                    "authcode",
+                    include_str!("../../migrations/sqlite/0005_authcode.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -158,6 +168,11 @@ impl Store {
                     4,
                     "audit",
                     include_str!("../../migrations/postgres/0004_audit.sql"),
+                ),
+                (
+                    5,
+                    "authcode",
+                    include_str!("../../migrations/postgres/0005_authcode.sql"),
                 ),
             ],
         };

@@ -37,6 +37,18 @@ pub struct IdClaims<'a> {
     pub preferred_username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<&'a str>,
+    /// OIDC Core §3.1.2.1: echoed from the authorization request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<&'a str>,
+    /// OIDC Core §3.1.3.6: left half of SHA-256 of the access token, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_hash: Option<String>,
+    /// RFC 8176 authentication method references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amr: Option<&'a [&'static str]>,
+    /// The login session (refresh family), as in access tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<&'a str>,
 }
 
 /// An access token's claims as read back by latchkey itself.

@@ -29,12 +29,29 @@ pub struct Grant<'a> {
 }
 
 /// What an ID token states about the user.
+#[derive(Default)]
 pub struct IdentityInfo<'a> {
     pub username: &'a str,
     pub email: Option<&'a str>,
     pub auth_time: i64,
     pub include_profile: bool,
     pub include_email: bool,
+    /// The authorization request's `nonce`, echoed.
+    pub nonce: Option<&'a str>,
+    /// The access token issued alongside, for `at_hash`.
+    pub access_token: Option<&'a str>,
+    /// How the user authenticated (RFC 8176), e.g. `["pwd"]`.
+    pub amr: Option<&'a [&'static str]>,
+    pub session_id: Option<&'a str>,
+}
+
+/// OIDC Core §3.1.3.6 `at_hash` for RS256 and ES256 (both SHA-256): the left
+/// half of the hash of the ASCII token, base64url without padding.
+pub fn at_hash(access_token: &str) -> String {
+    use base64::Engine as _;
+    let digest = secret::sha256(access_token.as_bytes());
+    let half = digest.get(..digest.len() / 2).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(half)
 }
 
 #[derive(Clone)]
@@ -102,6 +119,10 @@ impl Minter {
             azp: client_id,
             preferred_username: info.include_profile.then_some(info.username),
             email: if info.include_email { info.email } else { None },
+            nonce: info.nonce,
+            at_hash: info.access_token.map(at_hash),
+            amr: info.amr,
+            sid: info.session_id,
         };
         self.ring.sign_jwt(alg, "JWT", &claims).await
     }

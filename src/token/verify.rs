@@ -95,6 +95,58 @@ pub fn verify_access(
     Ok(claims)
 }
 
+/// What latchkey reads from an `id_token_hint` (OIDC RP-Initiated Logout §2).
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdTokenHint {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    #[serde(default)]
+    pub sid: Option<String>,
+}
+
+/// Verify an ID token latchkey issued, as a logout hint: the signature, the
+/// key's algorithm and the issuer must be right; expiry is not checked, since
+/// a relying party may well log out with an ID token that expired long ago.
+pub fn verify_id_token_hint(
+    ring: &Ring,
+    issuer: &str,
+    token: &str,
+) -> Result<IdTokenHint, VerifyError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(VerifyError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed);
+    };
+    let header: Header = decode_json(h)?;
+    let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
+    let key = ring.key(&kid).ok_or(VerifyError::UnknownKey)?;
+    if header.alg != key.alg.as_str() {
+        return Err(VerifyError::AlgMismatch);
+    }
+    // An access token (typ at+jwt) is not an ID token.
+    if header.typ.as_deref() != Some("JWT") {
+        return Err(VerifyError::WrongType);
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| VerifyError::Malformed)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    key.public
+        .verifier
+        .verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| VerifyError::BadSignature)?;
+    let claims: IdTokenHint = decode_json(p)?;
+    if claims.iss != issuer {
+        return Err(VerifyError::WrongIssuer);
+    }
+    Ok(claims)
+}
+
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, VerifyError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)

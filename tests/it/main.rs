@@ -51,3 +51,9 @@ pub mod no_secrets;
 mod soak;
 // Rate limits (in-process and Redis), lockout and unlock, the argon2 queue, the admin scope.
 mod abuse;
+// Authorization-code flow with PKCE: sign-in, SSO, consent, logout, every refusal.
+mod authcode;
+// The openidconnect crate as relying party: discovery, code + PKCE, ID token, userinfo.
+mod oidc_rp;
+// A real headless Chromium (LATCHKEY_TEST_BROWSER=1): sign-in, SSO, consent, CSRF, prompt=none.
+pub mod browser;

@@ -339,8 +339,24 @@ async fn unauthorized_client_unsupported_grant_and_invalid_scope() {
         "unauthorized_client",
     )
     .await;
+    // authorization_code is supported, but not for a client registered without it.
+    expect_error(
+        app.token(
+            client,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", "c"),
+                ("redirect_uri", "https://app.example.com/cb"),
+                ("code_verifier", &"v".repeat(43)),
+            ],
+        )
+        .await,
+        400,
+        "unauthorized_client",
+    )
+    .await;
     for g in [
-        "authorization_code",
+        "implicit",
         "urn:ietf:params:oauth:grant-type:device_code",
         "PASSWORD",
     ] {

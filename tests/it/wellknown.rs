@@ -37,8 +37,19 @@ async fn discovery_names_every_endpoint_and_capability() {
     };
     assert_eq!(
         list("grant_types_supported"),
-        ["password", "refresh_token", "client_credentials"]
+        [
+            "password",
+            "refresh_token",
+            "client_credentials",
+            "authorization_code"
+        ]
     );
+    assert_eq!(d["authorization_endpoint"], app.url("/authorize").as_str());
+    assert_eq!(d["end_session_endpoint"], app.url("/logout").as_str());
+    assert_eq!(list("response_types_supported"), ["code"]);
+    assert_eq!(list("response_modes_supported"), ["query"]);
+    assert_eq!(list("code_challenge_methods_supported"), ["S256"]);
+    assert_eq!(d["authorization_response_iss_parameter_supported"], true);
     assert_eq!(
         list("token_endpoint_auth_methods_supported"),
         ["client_secret_basic", "client_secret_post", "none"]
@@ -50,10 +61,54 @@ async fn discovery_names_every_endpoint_and_capability() {
     for s in ["openid", "profile", "email", "offline_access"] {
         assert!(list("scopes_supported").contains(&s.to_string()), "{s}");
     }
-    for c in ["sub", "iss", "roles", "scope", "client_id"] {
+    for c in [
+        "sub",
+        "iss",
+        "roles",
+        "scope",
+        "client_id",
+        "nonce",
+        "at_hash",
+        "amr",
+        "sid",
+    ] {
         assert!(list("claims_supported").contains(&c.to_string()), "{c}");
     }
     assert_eq!(list("subject_types_supported"), ["public"]);
+}
+
+#[tokio::test]
+async fn rfc8414_metadata_is_the_same_document() {
+    let app = TestApp::spawn().await;
+    let get = |path: &'static str| {
+        let url = app.url(path);
+        let http = app.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let oidc = get("/.well-known/openid-configuration").await;
+    let oauth = get("/.well-known/oauth-authorization-server").await;
+    assert_eq!(oidc, oauth);
+    // Nothing is claimed that latchkey does not do.
+    for absent in [
+        "registration_endpoint",
+        "check_session_iframe",
+        "frontchannel_logout_supported",
+        "backchannel_logout_supported",
+        "request_object_signing_alg_values_supported",
+    ] {
+        assert!(oauth.get(absent).is_none(), "{absent}");
+    }
+    assert!(
+        !oauth["claims_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "email_verified")
+    );
 }
 
 #[tokio::test]
