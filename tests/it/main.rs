@@ -28,3 +28,5 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// The load driver (examples/load.rs) against a real server: scenarios, bad tokens, errors.
+mod load;
