@@ -18,21 +18,21 @@ use crate::helpers::{PASSWORD, TestApp};
 fn driver() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
+        // target/<profile>/deps/it-HASH → target/<profile>/examples/load
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "--example", "load"])
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "--example", "load"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .unwrap();
         assert!(status.success(), "building the load driver failed");
-        // target/<profile>/deps/it-HASH → target/<profile>/examples/load
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join("load")
+        profile_dir.join("examples").join("load")
     })
     .clone()
 }
