@@ -9,7 +9,8 @@
 #   scripts/bench.sh --quick    # a few seconds per scenario
 #
 # Options: --backends "sqlite postgres" (default both), --out FILE (default
-# docs/performance.md), --no-readme (leave README.md alone).
+# docs/performance.md), --no-readme (leave README.md alone), --debug (the dev
+# profile: only to check this script itself, its numbers mean nothing).
 # Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432, a
 # server where a fresh database may be created and dropped), CARGO_TARGET_DIR.
 # Needs: a Rust toolchain, python3, openssl, taskset (util-linux), psql for
@@ -22,13 +23,15 @@ QUICK=0
 BACKENDS="sqlite postgres"
 OUT=docs/performance.md
 README=1
+PROFILE=(--release)
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --backends) BACKENDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-readme) README=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --debug) PROFILE=() ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 64 ;;
     esac
     shift
@@ -70,8 +73,8 @@ echo "results in $RUN" >&2
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_START=$(loadavg)
 
-log "release build (one cargo invocation)"
-cargo build --release --bin latchkey --example load --example static_reply --bench primitives \
+log "build (one cargo invocation)"
+cargo build "${PROFILE[@]}" --bin latchkey --example load --example static_reply --bench primitives \
     --message-format=json-render-diagnostics >"$RUN/build.jsonl"
 artifact() {
     python3 - "$RUN/build.jsonl" "$1" "$2" <<'EOF'

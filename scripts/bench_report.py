@@ -158,7 +158,7 @@ def main():
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     main_table = []
     mt = main_table.append
-    mt("| scenario | backend | req/s | limit req/s | % of limit | server CPU / req | limit CPU / req | CPU × limit | p99 | target | |")
+    mt("| scenario | backend | req/s | limit req/s | % of limit | server CPU / req | limit CPU / req | CPU × limit | p99 | target | met? |")
     mt("|---|---|---|---|---|---|---|---|---|---|---|")
     for key in limits:
         for b in backends:
@@ -168,7 +168,10 @@ def main():
             c = r["classes"][main_class[key]]
             rps = c["rps"]
             lim_cpu = limits[key][0]
-            lim_rps = 1e6 / lim_cpu
+            # The JWKS is held to the static reply's measured rate (both are
+            # bounded the same way when the driver is the bottleneck); the
+            # others to one core divided by their CPU floor.
+            lim_rps = s_rps if key.startswith("jwks") else 1e6 / lim_cpu
             cpu = r["server"]["cpu_us_per_req"]
             tgt, ok = target_check(b, key, r, rps)
             mt(f"| {titles[key]} | {b} | {fmt_rate(rps)} | {fmt_rate(lim_rps)} | {pct(rps, lim_rps)} "
