@@ -13,26 +13,33 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp};
 
-/// The load driver binary, (re)built once per test run: `cargo test --test it`
-/// alone would not rebuild examples, and a stale driver would test old code.
+/// The load driver binary. `cargo test` builds examples with the tests; only
+/// when it is missing or older than its source (`cargo test --test it` alone
+/// builds no examples) is it built here, with `--workspace` so that features
+/// resolve as in `cargo test --workspace` and nothing is rebuilt differently.
 fn driver() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         // target/<profile>/deps/it-HASH → target/<profile>/examples/load
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "--example", "load"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
+        let path = profile_dir.join("examples").join("load");
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/load.rs");
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&path).is_none() || modified(&path) < modified(&source) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.args(["build", "--quiet", "--workspace", "--example", "load"]);
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the load driver failed");
         }
-        let status = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the load driver failed");
-        profile_dir.join("examples").join("load")
+        path
     })
     .clone()
 }
