@@ -53,6 +53,9 @@ fn bench(c: &mut Criterion) {
             scopes: "api:read".into(),
             token_alg: alg.as_str().into(),
             created_at: clock.now(),
+            refresh_cookie: false,
+            origins: String::new(),
+            may_introspect: false,
         };
         rt.block_on(state.store.create_client(&row)).unwrap();
         secrets.push((alg, row.client_id, secret));
@@ -131,11 +134,12 @@ fn bench(c: &mut Criterion) {
                 username: "bench".into(),
                 password: Password::new("bench password".into()),
                 scope: None,
+                device_name: None,
             },
             &ctx,
         ))
         .unwrap();
-    let mut refresh = login.refresh_token.unwrap();
+    let mut refresh = login.response.refresh_token.unwrap();
     c.bench_function("refresh_grant/ES256/sqlite", |b| {
         b.iter(|| {
             let auth = ClientAuth::Basic {
@@ -148,11 +152,12 @@ fn bench(c: &mut Criterion) {
                     TokenRequest::RefreshToken {
                         refresh_token: Password::new(refresh.clone()),
                         scope: None,
+                        from_cookie: false,
                     },
                     &ctx,
                 ))
                 .unwrap();
-            refresh = r.refresh_token.unwrap();
+            refresh = r.response.refresh_token.unwrap();
         })
     });
 }

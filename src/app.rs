@@ -21,6 +21,7 @@ use crate::keyring::lifecycle::Lifecycle;
 use crate::keyring::scheduler::{self, SchedulerStats};
 use crate::oauth::wire::Discovery;
 use crate::secret::Secrets;
+use crate::session::Sessions;
 use crate::store::Store;
 use crate::token::Minter;
 
@@ -74,6 +75,7 @@ pub struct AppState {
     pub store: Store,
     pub ring: Arc<KeyRing>,
     pub tokens: TokenService,
+    pub sessions: Sessions,
     pub lifecycle: Lifecycle,
     pub clock: SharedClock,
     pub stats: Arc<SchedulerStats>,
@@ -115,6 +117,13 @@ impl AppState {
             clock.clone(),
             config.tokens.clone(),
         );
+        let sessions = Sessions::new(
+            services.store.clone(),
+            ring.clone(),
+            clock.clone(),
+            &config.issuer,
+            tokens.clone(),
+        );
         let discovery = Discovery::new(
             &config.issuer,
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
@@ -125,6 +134,7 @@ impl AppState {
             store: services.store,
             ring,
             tokens,
+            sessions,
             lifecycle: services.lifecycle,
             clock,
             stats: Arc::new(SchedulerStats::default()),
@@ -141,11 +151,19 @@ impl AppState {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx_cleanup = stop_rx.clone();
         let sched = tokio::spawn(scheduler::run(
             self.lifecycle.clone(),
             self.ring.clone(),
             self.stats.clone(),
             stop_rx,
+        ));
+        let cleanup = tokio::spawn(crate::session::cleanup::run(
+            self.store.clone(),
+            self.clock.clone(),
+            std::time::Duration::from_secs(self.config.tokens.cleanup_interval_secs),
+            self.config.tokens.cleanup_batch_size,
+            stop_rx_cleanup,
         ));
         let store = self.store.clone();
         tracing::info!(addr = %listener.local_addr()?, issuer = %self.config.issuer, "latchkey serving");
@@ -156,6 +174,7 @@ impl AppState {
             .await;
         let _ = stop_tx.send(true);
         let _ = sched.await;
+        let _ = cleanup.await;
         store.close().await;
         result.context("HTTP server failed")
     }

@@ -51,6 +51,34 @@ pub enum Command {
     /// Read the event log (key transitions, admin actions).
     #[command(subcommand)]
     Events(EventsCmd),
+    /// List and end users' sessions (refresh-token families).
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCmd {
+    /// A user's live sessions: id, client, device, address, created, last used.
+    List {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// End one session by id, or every session of a user with --user.
+    Revoke {
+        /// The session id, as `sessions list` prints it.
+        #[arg(
+            required_unless_present = "user",
+            conflicts_with = "user",
+            allow_hyphen_values = true
+        )]
+        id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +113,12 @@ pub enum UsersCmd {
     Disable { username: String },
     /// Re-enable a disabled user.
     Enable { username: String },
+    /// Set a new password (read from stdin); every session of the user ends.
+    SetPassword {
+        username: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +141,17 @@ pub enum ClientsCmd {
         /// Signing algorithm of this client's tokens (default: tokens.default_alg).
         #[arg(long)]
         alg: Option<String>,
+        /// A browser client: its refresh token travels only in an HttpOnly
+        /// cookie scoped to the token endpoint, never in a response body.
+        #[arg(long, requires = "origins")]
+        refresh_cookie: bool,
+        /// Comma-separated browser origins (scheme://host[:port]) allowed to call
+        /// latchkey with credentials for this client (CORS, cookie refreshes).
+        #[arg(long, value_delimiter = ',')]
+        origins: Vec<String>,
+        /// A resource server: may introspect tokens issued to other clients.
+        #[arg(long)]
+        introspect: bool,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -200,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients(cmd) => clients(cmd, &config, clock).await,
         Command::Keys(cmd) => keys(cmd, &config, clock).await,
         Command::Events(cmd) => events(cmd, &config, clock).await,
+        Command::Sessions(cmd) => sessions(cmd, &config, clock).await,
     }
 }
 
@@ -261,6 +307,24 @@ pub fn valid_username(u: &str) -> bool {
     (1..=64).contains(&u.len())
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+}
+
+/// A browser origin as the `Origin` header carries it: `http(s)://host[:port]`,
+/// no path, no trailing slash.
+pub fn valid_origin(o: &str) -> anyhow::Result<&str> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .with_context(|| format!("origin {o:?} must start with https:// or http://"))?;
+    let host_ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !host_ok {
+        bail!("origin {o:?} must be scheme://host[:port] with no path");
+    }
+    Ok(o)
 }
 
 /// Client ids: 1–128 of letters, digits and `. _ : -`.
@@ -338,6 +402,35 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
                 Ok(())
             }
         }
+        UsersCmd::SetPassword { username, .. } if !valid_username(&username) => {
+            bail!("invalid username {username:?}")
+        }
+        UsersCmd::SetPassword { username, .. } => {
+            let password = read_stdin_secret("password", crate::oauth::request::MAX_PASSWORD_LEN)?;
+            if password.chars().count() < 8 {
+                bail!("the password must be at least 8 characters");
+            }
+            let hash = services.secrets.hash_password(password).await?;
+            let Some((_, ended)) = services
+                .store
+                .set_password(&username, &hash, clock.now())
+                .await?
+            else {
+                bail!("no user {username}");
+            };
+            services
+                .store
+                .record_event(
+                    clock.now(),
+                    &actor(),
+                    "user.password_changed",
+                    Some(&username),
+                    &format!("{ended} sessions ended"),
+                )
+                .await?;
+            println!("password of {username} changed; {ended} sessions ended");
+            Ok(())
+        }
         UsersCmd::Disable { username } | UsersCmd::Enable { username }
             if !valid_username(&username) =>
         {
@@ -406,6 +499,59 @@ async fn users(cmd: UsersCmd, config: &Config, clock: SharedClock) -> anyhow::Re
     }
 }
 
+async fn sessions(cmd: SessionsCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
+    let store = crate::store::Store::connect(&config.database).await?;
+    store.migrate().await?;
+    let fail = |e: crate::oauth::Error| anyhow::anyhow!("{}", e.description);
+    match cmd {
+        SessionsCmd::List { user, out } => {
+            let list = crate::session::list_for_user(&store, clock.now(), &user)
+                .await
+                .map_err(fail)?;
+            if out.json {
+                return print_json(&list);
+            }
+            for s in &list {
+                println!(
+                    "{}  client={}  device={:?}  ip={}  created={}  last_used={}",
+                    s.id,
+                    s.client_id,
+                    s.device.as_deref().unwrap_or("-"),
+                    s.ip.as_deref().unwrap_or("-"),
+                    time(Some(s.created_at)),
+                    time(Some(s.last_used_at)),
+                );
+            }
+            if list.is_empty() {
+                println!("{user} has no live sessions");
+            }
+            Ok(())
+        }
+        SessionsCmd::Revoke { id, user, out } => {
+            let ended = match (id, user) {
+                (Some(id), None) => {
+                    crate::session::revoke_by_id(&store, clock.now(), &id, &actor())
+                        .await
+                        .map_err(fail)?;
+                    1
+                }
+                (None, Some(user)) => {
+                    crate::session::revoke_for_user(&store, clock.now(), &user, &actor())
+                        .await
+                        .map_err(fail)?
+                }
+                _ => bail!("give a session id or --user NAME"),
+            };
+            if out.json {
+                print_json(&json!({ "sessions_ended": ended }))
+            } else {
+                println!("{ended} sessions ended");
+                Ok(())
+            }
+        }
+    }
+}
+
 async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow::Result<()> {
     let services = Services::open(config, clock.clone()).await?;
     match cmd {
@@ -416,8 +562,20 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             grant_types,
             scopes,
             alg,
+            refresh_cookie,
+            origins,
+            introspect,
             out,
         } => {
+            let origins = origins
+                .iter()
+                .map(|o| o.trim())
+                .filter(|o| !o.is_empty())
+                .map(|o| valid_origin(o).map(str::to_string))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if introspect && public {
+                bail!("a public client cannot introspect (it has no secret)");
+            }
             if !valid_client_id(&client_id) {
                 bail!("invalid client id: use 1-128 letters, digits and . _ : -");
             }
@@ -441,6 +599,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
             }
             if public && grants.contains(&GrantType::ClientCredentials) {
                 bail!("a public client cannot use client_credentials");
+            }
+            if refresh_cookie && !grants.contains(&GrantType::RefreshToken) {
+                bail!("--refresh-cookie needs the refresh_token grant");
             }
             let scope = Scope::parse(&scopes)
                 .map_err(|e| anyhow::anyhow!("invalid --scopes: {}", e.description))?;
@@ -474,6 +635,9 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
                     scopes: scope.to_string(),
                     token_alg: alg.as_str().to_string(),
                     created_at: clock.now(),
+                    refresh_cookie,
+                    origins: origins.join(" "),
+                    may_introspect: introspect,
                 })
                 .await?;
             if out.json {
@@ -504,6 +668,8 @@ async fn clients(cmd: ClientsCmd, config: &Config, clock: SharedClock) -> anyhow
                         "client_id": c.client_id, "public": c.is_public,
                         "grant_types": c.grant_types.split(' ').collect::<Vec<_>>(),
                         "scopes": c.scopes, "alg": c.token_alg, "created_at": c.created_at,
+                        "refresh_cookie": c.refresh_cookie, "introspect": c.may_introspect,
+                        "origins": c.origin_list().collect::<Vec<_>>(),
                     })
                 })
                 .collect();

@@ -188,6 +188,10 @@ struct RawTokens {
     id_ttl_secs: u64,
     refresh_idle_ttl_secs: u64,
     refresh_absolute_ttl_secs: u64,
+    refresh_retry_window_secs: u64,
+    cleanup_interval_secs: u64,
+    cleanup_batch_size: u64,
+    revocation_poll_millis: u64,
     audience: Option<String>,
     default_alg: String,
 }
@@ -199,6 +203,10 @@ impl Default for RawTokens {
             id_ttl_secs: 600,
             refresh_idle_ttl_secs: 14 * 24 * 3600,
             refresh_absolute_ttl_secs: 30 * 24 * 3600,
+            refresh_retry_window_secs: 10,
+            cleanup_interval_secs: 300,
+            cleanup_batch_size: 500,
+            revocation_poll_millis: 1000,
             audience: None,
             default_alg: "RS256".into(),
         }
@@ -405,6 +413,16 @@ pub struct TokenConfig {
     pub id_ttl_secs: u64,
     pub refresh_idle_ttl_secs: u64,
     pub refresh_absolute_ttl_secs: u64,
+    /// Retry-safe refresh: how long after a refresh token was used it may be
+    /// presented again for the same successor (0 = strict: any reuse revokes).
+    pub refresh_retry_window_secs: u64,
+    /// How often expired tokens, sessions and denylist rows are deleted.
+    pub cleanup_interval_secs: u64,
+    /// Most rows of each kind deleted per cleanup transaction.
+    pub cleanup_batch_size: u64,
+    /// How often each server checks whether another process revoked
+    /// something (bounds how stale its access-token check cache can be).
+    pub revocation_poll_millis: u64,
     pub audience: String,
     pub default_alg: Alg,
 }
@@ -613,6 +631,30 @@ impl RawConfig {
             refresh_absolute_ttl_secs: nonzero(
                 self.tokens.refresh_absolute_ttl_secs,
                 "tokens.refresh_absolute_ttl_secs",
+            )?,
+            refresh_retry_window_secs: bounded(
+                self.tokens.refresh_retry_window_secs,
+                0,
+                300,
+                "tokens.refresh_retry_window_secs",
+            )?,
+            cleanup_interval_secs: bounded(
+                self.tokens.cleanup_interval_secs,
+                1,
+                86_400,
+                "tokens.cleanup_interval_secs",
+            )?,
+            cleanup_batch_size: bounded(
+                self.tokens.cleanup_batch_size,
+                1,
+                100_000,
+                "tokens.cleanup_batch_size",
+            )?,
+            revocation_poll_millis: bounded(
+                self.tokens.revocation_poll_millis,
+                50,
+                60_000,
+                "tokens.revocation_poll_millis",
             )?,
             audience: self.tokens.audience.unwrap_or_else(|| issuer.clone()),
             default_alg: parse_alg(&self.tokens.default_alg, "tokens.default_alg")?,

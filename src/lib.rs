@@ -23,5 +23,6 @@ pub mod http;
 pub mod keyring;
 pub mod oauth;
 pub mod secret;
+pub mod session;
 pub mod store;
 pub mod token;

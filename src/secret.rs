@@ -85,6 +85,9 @@ pub struct Secrets {
     /// HMAC key for client secrets, derived from the pepper so that one secret
     /// input serves both purposes without reusing the same key.
     client_key: Arc<Vec<u8>>,
+    /// HMAC key that derives a refresh token's successor from the token itself
+    /// (retry-safe refresh; see [`Secrets::successor_token`]).
+    successor_key: Arc<Vec<u8>>,
     /// A valid hash of a random password, verified against when a username is
     /// unknown so that both failures cost the same.
     dummy_hash: Arc<String>,
@@ -102,12 +105,14 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     pub fn new(pepper: Secret) -> Result<Self, SecretError> {
         let client_key = hmac_sha256(pepper.expose(), b"latchkey client-secret v1")?;
+        let successor_key = hmac_sha256(pepper.expose(), b"latchkey refresh-successor v1")?;
         let pepper = Arc::new(pepper);
         let dummy_password = random_token()?;
         let dummy_hash = hash_password_blocking(&pepper, &dummy_password)?;
         Ok(Self {
             pepper,
             client_key: Arc::new(client_key),
+            successor_key: Arc::new(successor_key),
             dummy_hash: Arc::new(dummy_hash),
             hashing: Arc::new(tokio::sync::Semaphore::new(max_concurrent_hashes())),
         })
@@ -152,6 +157,16 @@ impl Secrets {
         let secret = random_token()?;
         let digest = self.client_secret_digest(&secret)?;
         Ok((secret, digest))
+    }
+
+    /// The successor of a refresh token: HMAC-SHA-256 of the presented token
+    /// under a key derived from the pepper, base64url (43 characters, 256
+    /// bits). Deterministic, so every presentation of one token — a retry
+    /// after a lost response, or concurrent tabs — is answered with the same
+    /// successor without the server ever storing a token in the clear; and
+    /// unpredictable to anyone without the pepper, like a random token.
+    pub fn successor_token(&self, presented: &str) -> Result<String, SecretError> {
+        Ok(URL_SAFE_NO_PAD.encode(hmac_sha256(&self.successor_key, presented.as_bytes())?))
     }
 
     pub fn client_secret_digest(&self, secret: &str) -> Result<Vec<u8>, SecretError> {
@@ -276,6 +291,18 @@ mod tests {
         assert!(!pending.is_finished(), "hashing started without a permit");
         drop(held);
         assert!(!pending.await.unwrap().unwrap());
+    }
+
+    #[test]
+    fn successors_are_deterministic_keyed_and_distinct() {
+        let s = secrets(&[4u8; 32]);
+        let t = random_token().unwrap();
+        let next = s.successor_token(&t).unwrap();
+        assert_eq!(next.len(), 43);
+        assert_eq!(next, s.successor_token(&t).unwrap());
+        assert_ne!(next, t);
+        assert_ne!(next, s.successor_token(&next).unwrap());
+        assert_ne!(next, secrets(&[5u8; 32]).successor_token(&t).unwrap());
     }
 
     #[test]

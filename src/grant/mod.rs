@@ -11,18 +11,20 @@
 //! surface only as `server_error`. Nothing here knows HTTP.
 
 mod client_credentials;
+pub mod issue;
 mod password;
 mod refresh;
 
 use std::sync::Arc;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, UnixTime};
 use crate::config::TokenConfig;
 use crate::keyring::{Alg, RingError};
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{ClientAuth, Error, ErrorCode, GrantType, RequestContext, Scope, TokenRequest};
+use crate::secret;
 use crate::secret::{SecretError, Secrets};
-use crate::store::{ClientRow, Store, StoreError};
+use crate::store::{ClientRow, NewFamily, Store, StoreError};
 use crate::token::Minter;
 
 /// Scopes that only make sense with a user behind the token.
@@ -35,6 +37,27 @@ pub struct TokenService {
     pub(crate) minter: Minter,
     pub(crate) clock: SharedClock,
     pub(crate) cfg: Arc<TokenConfig>,
+}
+
+/// A token response and how to deliver it.
+#[derive(Debug)]
+pub struct Issued {
+    pub response: TokenResponse,
+    /// The client is a browser client: its refresh token goes into the
+    /// HttpOnly cookie, and never into the JSON body.
+    pub refresh_in_cookie: bool,
+}
+
+/// A new session, as a grant that logged a user in describes it.
+pub struct SessionStart<'a> {
+    pub family_id: &'a str,
+    pub refresh_token: &'a str,
+    pub user_id: &'a str,
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub auth_time: UnixTime,
+    pub device_label: Option<&'a str>,
+    pub client_ip: Option<&'a str>,
 }
 
 /// A client that proved who it is.
@@ -73,8 +96,7 @@ impl TokenService {
         auth: ClientAuth,
         request: TokenRequest,
         ctx: &RequestContext,
-    ) -> Result<TokenResponse, Error> {
-        let _ = ctx;
+    ) -> Result<Issued, Error> {
         let client = self.authenticate(&auth).await?;
         let grant = request.grant_type();
         if !client.may(grant) {
@@ -83,20 +105,54 @@ impl TokenService {
                 format!("this client may not use the {} grant", grant.as_str()),
             ));
         }
-        match request {
+        let response = match request {
             TokenRequest::Password {
                 username,
                 password,
                 scope,
-            } => password::grant(self, &client, &username, password, scope).await,
+                device_name,
+            } => password::grant(self, &client, &username, password, scope, device_name, ctx).await,
             TokenRequest::RefreshToken {
                 refresh_token,
                 scope,
-            } => refresh::grant(self, &client, refresh_token, scope).await,
+                from_cookie,
+            } => refresh::grant(self, &client, refresh_token, scope, from_cookie, ctx).await,
             TokenRequest::ClientCredentials { scope } => {
                 client_credentials::grant(self, &client, scope).await
             }
-        }
+        }?;
+        Ok(Issued {
+            refresh_in_cookie: client.row.refresh_cookie && response.refresh_token.is_some(),
+            response,
+        })
+    }
+
+    /// Start a session: one refresh-token family with its first token. Every
+    /// grant that logs a user in calls this, so sessions look the same
+    /// whatever the grant.
+    pub async fn start_session(&self, s: SessionStart<'_>) -> Result<(), Error> {
+        let now = self.clock.now();
+        let ttl = |secs: u64| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+        let absolute = ttl(self.cfg.refresh_absolute_ttl_secs);
+        let idle = ttl(self.cfg.refresh_idle_ttl_secs).min(absolute);
+        self.store
+            .create_family(
+                NewFamily {
+                    id: s.family_id,
+                    user_id: s.user_id,
+                    client_id: s.client_id,
+                    scope: s.scope,
+                    auth_time: s.auth_time,
+                    now,
+                    expires_at: absolute,
+                    device_label: s.device_label,
+                    client_ip: s.client_ip,
+                },
+                &secret::refresh_token_digest(s.refresh_token),
+                idle,
+            )
+            .await
+            .map_err(internal)
     }
 
     /// Phase 1: who is the client. Every failure is the same `invalid_client`.

@@ -2,15 +2,16 @@
 //!
 //! Unknown user, wrong password and disabled user all answer the same
 //! `invalid_grant` after the same argon2 work, so neither the body nor the
-//! timing tells an attacker which part was wrong.
+//! timing tells an attacker which part was wrong. A successful login starts a
+//! session (one refresh-token family) when the client may refresh.
 
-use super::{AuthenticatedClient, TokenService, internal, scope_policy};
+use super::issue::{UserIssue, issue_for_user};
+use super::{AuthenticatedClient, SessionStart, TokenService, internal, scope_policy};
 use crate::oauth::request::Password;
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{Error, GrantType, Scope};
+use crate::oauth::{Error, GrantType, RequestContext, Scope};
 use crate::secret;
-use crate::store::NewFamily;
-use crate::token::{Grant, IdentityInfo};
+use crate::session::device_label;
 
 pub async fn grant(
     svc: &TokenService,
@@ -18,6 +19,8 @@ pub async fn grant(
     username: &str,
     password: Password,
     requested: Option<Scope>,
+    device_name: Option<String>,
+    ctx: &RequestContext,
 ) -> Result<TokenResponse, Error> {
     // Scope is checked before the password so that a malformed request costs
     // no hashing; the answer does not depend on the credentials.
@@ -42,78 +45,48 @@ pub async fn grant(
     };
     let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
     let now = svc.clock.now();
-    let scope_text = scope.to_string();
 
-    // A refresh token whenever the client may refresh; offline_access is accepted
-    // but not required.
-    let (refresh_token, family_id) = if client.may(GrantType::RefreshToken) {
-        let token = secret::random_token().map_err(internal)?;
-        let family_id = secret::random_id().map_err(internal)?;
-        (Some(token), Some(family_id))
-    } else {
-        (None, None)
-    };
-
-    let grant = Grant {
-        subject: &user.id,
-        client_id: &client.row.client_id,
-        scope: scope_text.clone(),
-        roles,
-        session_id: family_id.as_deref(),
-    };
-    let access_token = svc
-        .minter
-        .access_token(&grant, client.alg)
-        .await
-        .map_err(internal)?;
-    let id_token = if scope.contains("openid") {
-        let info = IdentityInfo {
-            username: &user.username,
-            email: user.email.as_deref(),
-            auth_time: now,
-            include_profile: scope.contains("profile"),
-            include_email: scope.contains("email"),
-        };
-        Some(
-            svc.minter
-                .id_token(&user.id, &client.row.client_id, &info, client.alg)
-                .await
-                .map_err(internal)?,
-        )
+    // A refresh token (and so a session) whenever the client may refresh;
+    // offline_access is accepted but not required.
+    let session = if client.may(GrantType::RefreshToken) {
+        Some((
+            secret::random_token().map_err(internal)?,
+            secret::random_id().map_err(internal)?,
+        ))
     } else {
         None
     };
+    let response = issue_for_user(
+        svc,
+        client,
+        UserIssue {
+            user: &user,
+            roles,
+            scope: &scope,
+            session_id: session.as_ref().map(|(_, id)| id.as_str()),
+            auth_time: now,
+            refresh_token: session.as_ref().map(|(t, _)| t.clone()),
+        },
+    )
+    .await?;
 
     // Stored last: if signing failed above, no orphan session exists.
-    if let (Some(token), Some(family_id)) = (&refresh_token, &family_id) {
-        let absolute =
-            now + i64::try_from(svc.cfg.refresh_absolute_ttl_secs).unwrap_or(i64::MAX / 4);
-        let idle = (now + i64::try_from(svc.cfg.refresh_idle_ttl_secs).unwrap_or(i64::MAX / 4))
-            .min(absolute);
-        svc.store
-            .create_family(
-                NewFamily {
-                    id: family_id,
-                    user_id: &user.id,
-                    client_id: &client.row.client_id,
-                    scope: &scope_text,
-                    now,
-                    expires_at: absolute,
-                },
-                &secret::refresh_token_digest(token),
-                idle,
-            )
-            .await
-            .map_err(internal)?;
+    if let Some((token, family_id)) = &session {
+        let label = device_label(device_name.as_deref(), ctx.user_agent.as_deref());
+        let ip = ctx.ip.map(|ip| ip.to_string());
+        svc.start_session(SessionStart {
+            family_id,
+            refresh_token: token,
+            user_id: &user.id,
+            client_id: &client.row.client_id,
+            scope: &response.scope,
+            auth_time: now,
+            device_label: label.as_deref(),
+            client_ip: ip.as_deref(),
+        })
+        .await?;
     }
 
-    tracing::info!(client_id = %client.row.client_id, user_id = %user.id, scope = %scope_text, "password grant");
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: svc.minter.access_ttl(),
-        refresh_token,
-        id_token,
-        scope: scope_text,
-    })
+    tracing::info!(client_id = %client.row.client_id, user_id = %user.id, scope = %response.scope, "password grant");
+    Ok(response)
 }

@@ -1,20 +1,28 @@
-//! The refresh token grant (RFC 6749 §6) with rotation and reuse detection
-//! (RFC 9700 §4.14.2).
+//! The refresh token grant (RFC 6749 §6) with rotation, reuse detection
+//! (RFC 9700 §4.14.2) and retry-safe replay.
 //!
-//! The presented token is consumed inside a write transaction; the new tokens
-//! are minted, and only then is the successor stored and the transaction
-//! committed. So a refresh either rotates completely or changes nothing, and of
-//! concurrent presentations of one token exactly one can win. A token presented
-//! again after it was consumed is treated as stolen: its whole family (the
-//! login) is revoked, and the successor issued earlier stops working too.
+//! The path never holds a write lock while it signs:
+//! 1. read the token, its session and user without a lock (unknown or
+//!    garbage tokens stop here and never touch the write lock);
+//! 2. decide, derive the successor (`Secrets::successor_token`, a keyed
+//!    function of the presented token) and sign the new tokens;
+//! 3. hand the rotation to the group-commit writer: a conditional consume of
+//!    the presented token plus the insert of its successor, applied atomically.
+//!
+//! Retry-safe replay: presenting the *immediately previous* token again —
+//! same client, within `refresh_retry_window_secs` of its first use, while
+//! its successor is still unused — answers the same successor (it is derived,
+//! not stored) with a fresh access token. Any other second presentation is
+//! reuse: the session is revoked, as RFC 9700 asks. Concurrent presentations
+//! of one token therefore all receive the one successor, never two.
 
+use super::issue::{UserIssue, issue_for_user};
 use super::{AuthenticatedClient, TokenService, internal, scope_policy};
-use crate::oauth::request::Password;
+use crate::oauth::request::{MAX_REFRESH_TOKEN_LEN, Password};
 use crate::oauth::wire::TokenResponse;
-use crate::oauth::{Error, Scope};
+use crate::oauth::{Error, RequestContext, Scope};
 use crate::secret;
-use crate::store::RefreshLookup;
-use crate::token::{Grant, IdentityInfo};
+use crate::store::{RefreshState, RotateOutcome, Rotation};
 
 fn invalid() -> Error {
     Error::invalid_grant("the refresh token is invalid, expired or revoked")
@@ -25,41 +33,171 @@ pub async fn grant(
     client: &AuthenticatedClient,
     token: Password,
     requested: Option<Scope>,
+    from_cookie: bool,
+    ctx: &RequestContext,
 ) -> Result<TokenResponse, Error> {
-    let now = svc.clock.now();
-    let digest = secret::refresh_token_digest(token.expose());
-    let mut pending = match svc
-        .store
-        .begin_refresh(&digest, now)
-        .await
-        .map_err(internal)?
-    {
-        RefreshLookup::Fresh(p) => p,
-        RefreshLookup::Reused { family } => {
-            tracing::warn!(
-                family = %family.id,
-                client_id = %client.row.client_id,
-                "refresh token reuse: family revoked"
-            );
-            return Err(invalid());
+    // Browser clients: the token travels only in the cookie, and a
+    // cookie-borne refresh must come from one of the client's origins.
+    if client.row.refresh_cookie {
+        if !from_cookie {
+            return Err(Error::invalid_request(
+                "this client's refresh token travels in its cookie, not in the body",
+            ));
         }
-        RefreshLookup::Unknown => return Err(invalid()),
+        let allowed = ctx
+            .origin
+            .as_deref()
+            .is_some_and(|o| client.row.origin_list().any(|r| r == o));
+        if !allowed {
+            return Err(Error::invalid_request(
+                "a cookie refresh needs an Origin registered for this client",
+            ));
+        }
+    } else if from_cookie {
+        return Err(Error::invalid_request(
+            "missing required parameter refresh_token",
+        ));
+    }
+
+    let presented = token.expose();
+    // Latchkey's refresh tokens are 43 characters; longer input cannot be one.
+    if presented.len() > MAX_REFRESH_TOKEN_LEN {
+        return Err(invalid());
+    }
+    let now = svc.clock.now();
+    let digest = secret::refresh_token_digest(presented);
+    let Some(state) = svc.store.refresh_state(&digest).await.map_err(internal)? else {
+        return Err(invalid());
     };
-    let family = pending.family.clone();
-    // Every early return below drops `pending`, which rolls the consumption back.
+    let family = &state.family;
+    // Checked before anything is revoked: a client presenting another
+    // client's token (used or not) must not be able to end that session.
     if family.client_id != client.row.client_id {
         tracing::warn!(family = %family.id, client_id = %client.row.client_id, "refresh token presented by another client");
         return Err(invalid());
     }
-    if family.revoked_at.is_some() || pending.token_expires_at <= now || family.expires_at <= now {
+    if family.revoked_at.is_some() || family.expires_at <= now {
         return Err(invalid());
     }
-    let Some((user, roles)) = pending.load_user().await.map_err(internal)? else {
+    let successor = svc.secrets.successor_token(presented).map_err(internal)?;
+    if let Some(used_at) = state.token.used_at {
+        // Already used: a retry of a lost response, or theft.
+        return replay(svc, client, &state, used_at, successor, requested).await;
+    }
+    if state.token.expires_at <= now {
+        return Err(invalid());
+    }
+    let response = mint(svc, client, &state, successor.clone(), requested).await?;
+    let idle = svc.cfg.refresh_idle_ttl_secs;
+    let successor_expires_at = now
+        .saturating_add(i64::try_from(idle).unwrap_or(i64::MAX))
+        .min(family.expires_at);
+    let outcome = svc
+        .store
+        .rotate(Rotation {
+            presented: digest.clone(),
+            successor: secret::refresh_token_digest(&successor),
+            family_id: family.id.clone(),
+            now,
+            successor_expires_at,
+        })
+        .await
+        .map_err(internal)?;
+    match outcome {
+        RotateOutcome::Rotated => {
+            tracing::info!(client_id = %client.row.client_id, family = %family.id, "refresh token rotated");
+            Ok(response)
+        }
+        RotateOutcome::NotApplied => {
+            // Another presentation of this token won the race (or the session
+            // ended meanwhile). Read again and decide as for a replay; the
+            // winner's successor is ours too, so what was signed stands.
+            let Some(fresh) = svc.store.refresh_state(&digest).await.map_err(internal)? else {
+                return Err(invalid());
+            };
+            match fresh.token.used_at {
+                Some(used_at) if replay_allowed(svc, &fresh, used_at, &successor).await? => {
+                    Ok(response)
+                }
+                Some(_) => Err(reuse(svc, client, &fresh).await),
+                None => Err(invalid()),
+            }
+        }
+    }
+}
+
+/// A second presentation of a used token: the same successor within the
+/// retry window, otherwise reuse.
+async fn replay(
+    svc: &TokenService,
+    client: &AuthenticatedClient,
+    state: &RefreshState,
+    used_at: i64,
+    successor: String,
+    requested: Option<Scope>,
+) -> Result<TokenResponse, Error> {
+    if !replay_allowed(svc, state, used_at, &successor).await? {
+        return Err(reuse(svc, client, state).await);
+    }
+    tracing::info!(client_id = %client.row.client_id, family = %state.family.id, "refresh retried within the window: same successor");
+    mint(svc, client, state, successor, requested).await
+}
+
+/// Whether a used token may be answered with its successor again: the window
+/// is on, it has not passed since the first use, and the successor exists
+/// and is still unused (so this was the family's newest rotation).
+async fn replay_allowed(
+    svc: &TokenService,
+    state: &RefreshState,
+    used_at: i64,
+    successor: &str,
+) -> Result<bool, Error> {
+    let window = i64::try_from(svc.cfg.refresh_retry_window_secs).unwrap_or(0);
+    let now = svc.clock.now();
+    if window == 0 || now > used_at.saturating_add(window) || state.family.revoked_at.is_some() {
+        return Ok(false);
+    }
+    let next = svc
+        .store
+        .refresh_token(&secret::refresh_token_digest(successor))
+        .await
+        .map_err(internal)?;
+    Ok(
+        matches!(next, Some((family, t)) if family == state.family.id && t.used_at.is_none() && t.expires_at > now),
+    )
+}
+
+/// Reuse of a consumed token: revoke the session (every token of it, and via
+/// `sid` its access tokens at latchkey's own endpoints).
+async fn reuse(svc: &TokenService, client: &AuthenticatedClient, state: &RefreshState) -> Error {
+    let now = svc.clock.now();
+    match svc
+        .store
+        .revoke_family(&state.family.id, now, "refresh token reuse")
+        .await
+    {
+        Ok(_) => tracing::warn!(
+            family = %state.family.id,
+            client_id = %client.row.client_id,
+            "refresh token reuse: session revoked"
+        ),
+        Err(e) => return internal(e),
+    }
+    invalid()
+}
+
+/// Check the user and scope, then sign the new access (and ID) token.
+async fn mint(
+    svc: &TokenService,
+    client: &AuthenticatedClient,
+    state: &RefreshState,
+    successor: String,
+    requested: Option<Scope>,
+) -> Result<TokenResponse, Error> {
+    let family = &state.family;
+    let Some(user) = state.user.as_ref().filter(|u| !u.disabled) else {
         return Err(invalid());
     };
-    if user.disabled {
-        return Err(invalid());
-    }
     // Narrowing is allowed, widening never: the ceiling is what the login was
     // granted, less anything the client has lost since.
     let granted = Scope::from_stored(&family.scope);
@@ -71,51 +209,18 @@ pub async fn grant(
             .join(" "),
     );
     let scope = scope_policy(requested, &ceiling)?;
-    let scope_text = scope.to_string();
-
-    let successor = secret::random_token().map_err(internal)?;
-    let grant = Grant {
-        subject: &user.id,
-        client_id: &client.row.client_id,
-        scope: scope_text.clone(),
-        roles,
-        session_id: Some(&family.id),
-    };
-    let access_token = svc
-        .minter
-        .access_token(&grant, client.alg)
-        .await
-        .map_err(internal)?;
-    let id_token = if scope.contains("openid") {
-        let info = IdentityInfo {
-            username: &user.username,
-            email: user.email.as_deref(),
+    let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
+    issue_for_user(
+        svc,
+        client,
+        UserIssue {
+            user,
+            roles,
+            scope: &scope,
+            session_id: Some(&family.id),
             auth_time: family.auth_time,
-            include_profile: scope.contains("profile"),
-            include_email: scope.contains("email"),
-        };
-        Some(
-            svc.minter
-                .id_token(&user.id, &client.row.client_id, &info, client.alg)
-                .await
-                .map_err(internal)?,
-        )
-    } else {
-        None
-    };
-    let idle = (now + i64::try_from(svc.cfg.refresh_idle_ttl_secs).unwrap_or(i64::MAX / 4))
-        .min(family.expires_at);
-    pending
-        .commit(&secret::refresh_token_digest(&successor), now, idle)
-        .await
-        .map_err(internal)?;
-    tracing::info!(client_id = %client.row.client_id, family = %family.id, "refresh token rotated");
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: svc.minter.access_ttl(),
-        refresh_token: Some(successor),
-        id_token,
-        scope: scope_text,
-    })
+            refresh_token: Some(successor),
+        },
+    )
+    .await
 }

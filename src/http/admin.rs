@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::userinfo::authenticate;
+use super::extract::authenticate;
 use crate::app::AppState;
 use crate::grant::internal;
 use crate::keyring::Alg;
@@ -159,4 +159,41 @@ pub async fn events(
         .await
         .map_err(internal)?;
     Ok(Json(rows))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionsQuery {
+    pub user: String,
+}
+
+/// `GET /admin/sessions?user=NAME`: a user's live sessions.
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<Vec<crate::session::SessionInfo>>, ApiError> {
+    admin(&state, &headers).await?;
+    Ok(Json(state.sessions.list_for_user(&q.user).await?))
+}
+
+/// `DELETE /admin/sessions/{id}`: end one session.
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let actor = admin(&state, &headers).await?;
+    state.sessions.revoke_by_id(&id, &actor).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/users/{username}/sessions`: end every session of a user.
+pub async fn revoke_user_sessions(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let actor = admin(&state, &headers).await?;
+    let n = state.sessions.revoke_for_user(&username, &actor).await?;
+    Ok(Json(serde_json::json!({ "sessions_ended": n })))
 }

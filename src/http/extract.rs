@@ -14,6 +14,7 @@ use super::error::ApiError;
 use crate::app::AppState;
 use crate::config::IpNet;
 use crate::oauth::{Error, ErrorCode, RequestContext};
+use crate::token::claims::VerifiedAccess;
 use crate::token::verify::MAX_TOKEN_LEN;
 
 /// The caller's address, user agent and origin ([`RequestContext`]). The
@@ -151,6 +152,32 @@ pub async fn form_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     Ok(bytes.to_vec())
 }
 
+/// A live latchkey access token from `Authorization: Bearer` (RFC 6750 §2.1),
+/// checked by [`crate::session::Sessions::authenticate`]. Rejections speak
+/// RFC 6750: a bare challenge without a token, `invalid_token` otherwise.
+pub struct Bearer(pub VerifiedAccess);
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)?;
+        Ok(Self(state.sessions.authenticate(&token).await?))
+    }
+}
+
+/// Verify the request's bearer token as a live latchkey access token.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<VerifiedAccess, ApiError> {
+    let token = bearer(headers)?;
+    Ok(state.sessions.authenticate(&token).await?)
+}
+
 /// The bearer token from `Authorization` (RFC 6750 §2.1).
 pub fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -168,6 +195,18 @@ pub fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
         return Err(Error::invalid_token("malformed bearer token").into());
     }
     Ok(token.to_string())
+}
+
+/// The value of one cookie from the `Cookie` headers, if present once.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
 }
 
 #[cfg(test)]

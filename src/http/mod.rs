@@ -4,7 +4,9 @@
 //! (`grant`, `keyring`, `token::verify`, `store`) and render the result. Only
 //! this module knows status codes and headers; no handler contains policy.
 
+pub mod account;
 pub mod admin;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -13,7 +15,7 @@ pub mod userinfo;
 pub mod wellknown;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 
@@ -37,5 +39,19 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys/rotate", post(admin::rotate))
         .route("/admin/keys/{kid}/retire", post(admin::retire))
         .route("/admin/events", get(admin::events))
+        .route("/admin/sessions", get(admin::list_sessions))
+        .route("/admin/sessions/{id}", delete(admin::revoke_session))
+        .route(
+            "/admin/users/{username}/sessions",
+            delete(admin::revoke_user_sessions),
+        )
+        .route("/account/sessions", get(account::list))
+        .route("/account/sessions/{id}", delete(account::end))
+        .route("/account/logout", post(account::logout))
+        .route("/account/logout-all", post(account::logout_all))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .with_state(state)
 }

@@ -30,8 +30,6 @@ pub struct SchedulerStats {
 
 /// Longest wait between retries of a failing transition.
 const MAX_BACKOFF_SECS: i64 = 300;
-/// How often expired refresh tokens and denylist rows are purged.
-const PURGE_EVERY_SECS: i64 = 3600;
 
 /// Run until `shutdown` turns true.
 pub async fn run(
@@ -42,7 +40,6 @@ pub async fn run(
 ) {
     let interval = Duration::from_secs(lifecycle.config().reload_interval_secs);
     let mut retry_at: UnixTime = 0;
-    let mut last_purge: UnixTime = 0;
     loop {
         let now = lifecycle.clock().now();
         if now >= retry_at {
@@ -71,12 +68,6 @@ pub async fn run(
         if let Err(e) = ring.reload_if_changed().await {
             stats.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
-        }
-        if now - last_purge >= PURGE_EVERY_SECS {
-            last_purge = now;
-            if let Err(e) = lifecycle.store().purge_expired(now).await {
-                tracing::warn!(error = %e, "purging expired tokens failed");
-            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

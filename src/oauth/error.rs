@@ -44,6 +44,9 @@ pub enum ErrorCode {
     AccessDenied,
     /// The request body exceeds the configured limit. Answered with 413.
     RequestTooLarge,
+    /// The named resource (a session, a user) does not exist, or is not the
+    /// caller's to see. Answered with 404.
+    NotFound,
     /// The server could not complete a valid request; details are logged only.
     /// (RFC 6749 §4.1.2.1 `server_error`)
     ServerError,
@@ -64,6 +67,7 @@ impl ErrorCode {
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
             Self::AccessDenied => "access_denied",
+            Self::NotFound => "not_found",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
         }

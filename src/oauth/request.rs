@@ -14,7 +14,14 @@ pub const MAX_USERNAME_LEN: usize = 256;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 pub const MAX_CLIENT_SECRET_LEN: usize = 256;
+/// Refresh tokens latchkey issues are 43 characters; anything longer than this
+/// cannot be one and is answered `invalid_grant` without further work.
 pub const MAX_REFRESH_TOKEN_LEN: usize = 512;
+/// Longest `device_name` kept, in characters.
+pub const MAX_DEVICE_NAME_LEN: usize = 64;
+/// Longest `token` accepted at revocation and introspection (longer cannot be
+/// a latchkey token and is treated as unknown).
+pub const MAX_TOKEN_PARAM_LEN: usize = 8 * 1024;
 /// Most form parameters accepted in one request.
 const MAX_PARAMS: usize = 32;
 
@@ -68,10 +75,14 @@ pub enum TokenRequest {
         username: String,
         password: Password,
         scope: Option<Scope>,
+        /// A label for the session chosen by the user (`device_name`).
+        device_name: Option<String>,
     },
     RefreshToken {
         refresh_token: Password,
         scope: Option<Scope>,
+        /// The token came from the refresh cookie, not the body.
+        from_cookie: bool,
     },
     ClientCredentials {
         scope: Option<Scope>,
@@ -233,15 +244,62 @@ impl Form {
     }
 }
 
+/// A user-chosen label: printable characters only, trimmed, bounded.
+pub fn clean_label(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_DEVICE_NAME_LEN)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// A revocation (RFC 7009 §2.1) or introspection (RFC 7662 §2.1) request.
+#[derive(Debug)]
+pub struct TokenParam {
+    /// `None` when the value cannot be a latchkey token (too long): revocation
+    /// answers 200 and introspection `active: false`, as for any unknown token.
+    pub token: Option<Password>,
+    pub token_type_hint: Option<String>,
+}
+
+/// Parse `/revoke` and `/introspect` bodies: client authentication plus `token`.
+pub fn parse_token_param(
+    body: &[u8],
+    authorization: Option<&str>,
+) -> Result<(ClientAuth, TokenParam), Error> {
+    let mut form = Form::parse(body)?;
+    let client = client_auth(&mut form, authorization)?;
+    let token = form
+        .take("token")
+        .ok_or_else(|| Error::invalid_request("missing required parameter token"))?;
+    let token_type_hint = form.take_bounded("token_type_hint", 64)?;
+    Ok((
+        client,
+        TokenParam {
+            token: (token.len() <= MAX_TOKEN_PARAM_LEN).then(|| Password::new(token)),
+            token_type_hint,
+        },
+    ))
+}
+
+/// The `access_token` of a form-encoded body (RFC 6750 §2.2).
+pub fn parse_bearer_form(body: &[u8]) -> Result<Option<String>, Error> {
+    let mut form = Form::parse(body)?;
+    form.take_bounded("access_token", MAX_TOKEN_PARAM_LEN)
+}
+
 /// Echo at most a short, printable prefix of client-supplied text in errors.
 fn short(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(32).collect()
 }
 
-/// Parse a token-endpoint request.
+/// Parse a token-endpoint request. `refresh_cookie` is the refresh token from
+/// the cookie of a browser client, used when the body names none.
 pub fn parse_token_request(
     body: &[u8],
     authorization: Option<&str>,
+    refresh_cookie: Option<&str>,
 ) -> Result<(ClientAuth, TokenRequest), Error> {
     let mut form = Form::parse(body)?;
     let client = client_auth(&mut form, authorization)?;
@@ -253,11 +311,27 @@ pub fn parse_token_request(
             username: form.require("username", MAX_USERNAME_LEN)?,
             password: Password::new(form.require("password", MAX_PASSWORD_LEN)?),
             scope: form.scope()?,
+            device_name: form.take("device_name").map(|d| clean_label(&d)),
         },
-        Some(GrantType::RefreshToken) => TokenRequest::RefreshToken {
-            refresh_token: Password::new(form.require("refresh_token", MAX_REFRESH_TOKEN_LEN)?),
-            scope: form.scope()?,
-        },
+        Some(GrantType::RefreshToken) => {
+            // Any length is accepted here (the body is bounded): a value that
+            // cannot be a latchkey refresh token is `invalid_grant`, decided
+            // by the grant, not a malformed request.
+            let (token, from_cookie) = match (form.take("refresh_token"), refresh_cookie) {
+                (Some(t), _) => (t, false),
+                (None, Some(c)) if !c.is_empty() => (c.to_string(), true),
+                (None, _) => {
+                    return Err(Error::invalid_request(
+                        "missing required parameter refresh_token",
+                    ));
+                }
+            };
+            TokenRequest::RefreshToken {
+                refresh_token: Password::new(token),
+                scope: form.scope()?,
+                from_cookie,
+            }
+        }
         Some(GrantType::ClientCredentials) => TokenRequest::ClientCredentials {
             scope: form.scope()?,
         },
@@ -360,6 +434,10 @@ fn form_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parse(body: &[u8], auth: Option<&str>) -> Result<(ClientAuth, TokenRequest), Error> {
+        parse_token_request(body, auth, None)
+    }
+
     fn basic(id: &str, secret: &str) -> String {
         format!(
             "Basic {}",
@@ -369,7 +447,7 @@ mod tests {
 
     #[test]
     fn password_grant_with_basic_auth() {
-        let (client, req) = parse_token_request(
+        let (client, req) = parse(
             b"grant_type=password&username=alice&password=p%40ss+word&scope=openid+api%3Aread",
             Some(&basic("my%20app", "s%3Acret")),
         )
@@ -382,6 +460,7 @@ mod tests {
                 username,
                 password,
                 scope,
+                ..
             } => {
                 assert_eq!(username, "alice");
                 assert_eq!(password.expose(), "p@ss word");
@@ -393,15 +472,14 @@ mod tests {
 
     #[test]
     fn repeated_parameter_is_invalid_request() {
-        let err = parse_token_request(b"grant_type=password&grant_type=password&client_id=a", None)
-            .unwrap_err();
+        let err = parse(b"grant_type=password&grant_type=password&client_id=a", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidRequest);
         assert!(err.description.contains("repeated"));
     }
 
     #[test]
     fn two_auth_methods_are_rejected() {
-        let err = parse_token_request(
+        let err = parse(
             b"grant_type=client_credentials&client_secret=x",
             Some(&basic("a", "b")),
         )
@@ -411,33 +489,32 @@ mod tests {
 
     #[test]
     fn no_client_is_invalid_client() {
-        let err = parse_token_request(b"grant_type=client_credentials", None).unwrap_err();
+        let err = parse(b"grant_type=client_credentials", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidClient);
     }
 
     #[test]
     fn unknown_grant_is_unsupported() {
-        let err = parse_token_request(b"grant_type=urn%3Afoo&client_id=a", None).unwrap_err();
+        let err = parse(b"grant_type=urn%3Afoo&client_id=a", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedGrantType);
     }
 
     #[test]
     fn missing_and_oversized_parameters() {
-        let err =
-            parse_token_request(b"grant_type=password&client_id=a&username=u", None).unwrap_err();
+        let err = parse(b"grant_type=password&client_id=a&username=u", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidRequest);
         assert!(err.description.contains("password"));
         let long = format!(
             "grant_type=password&client_id=a&password=x&username={}",
             "u".repeat(MAX_USERNAME_LEN + 1)
         );
-        let err = parse_token_request(long.as_bytes(), None).unwrap_err();
+        let err = parse(long.as_bytes(), None).unwrap_err();
         assert!(err.description.contains("too long"));
     }
 
     #[test]
     fn empty_values_count_as_absent() {
-        let (client, req) = parse_token_request(
+        let (client, req) = parse(
             b"grant_type=client_credentials&client_id=a&client_secret=&scope=",
             None,
         )
@@ -455,27 +532,90 @@ mod tests {
             &basic("", "x"),
             "Basic Zm9v",
         ] {
-            let err = parse_token_request(b"grant_type=client_credentials", Some(h)).unwrap_err();
+            let err = parse(b"grant_type=client_credentials", Some(h)).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidClient, "{h}");
         }
     }
 
     #[test]
     fn nul_bytes_are_invalid_request() {
-        let err = parse_token_request(
+        let err = parse(
             b"grant_type=password&client_id=a&username=a%00b&password=x",
             None,
         )
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidRequest);
-        let err = parse_token_request(b"grant_type=client_credentials", Some(&basic("a%00", "b")))
-            .unwrap_err();
+        let err = parse(b"grant_type=client_credentials", Some(&basic("a%00", "b"))).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidClient);
     }
 
     #[test]
+    fn refresh_token_from_body_or_cookie_and_any_length_is_a_grant_question() {
+        let (_, req) = parse_token_request(
+            b"grant_type=refresh_token&client_id=a",
+            None,
+            Some("cookie-token"),
+        )
+        .unwrap();
+        assert!(
+            matches!(req, TokenRequest::RefreshToken { ref refresh_token, from_cookie: true, .. } if refresh_token.expose() == "cookie-token")
+        );
+        let (_, req) = parse_token_request(
+            b"grant_type=refresh_token&client_id=a&refresh_token=body",
+            None,
+            Some("cookie-token"),
+        )
+        .unwrap();
+        assert!(
+            matches!(req, TokenRequest::RefreshToken { ref refresh_token, from_cookie: false, .. } if refresh_token.expose() == "body")
+        );
+        let long = format!(
+            "grant_type=refresh_token&client_id=a&refresh_token={}",
+            "A".repeat(2048)
+        );
+        assert!(parse(long.as_bytes(), None).is_ok());
+        let err = parse(b"grant_type=refresh_token&client_id=a", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn device_names_are_cleaned_and_bounded() {
+        let (_, req) = parse(
+            b"grant_type=password&client_id=a&username=u&password=p&device_name=%20Work%0Alaptop%20",
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(req, TokenRequest::Password { device_name: Some(ref d), .. } if d == "Worklaptop")
+        );
+        assert_eq!(clean_label(&"x".repeat(500)).len(), MAX_DEVICE_NAME_LEN);
+    }
+
+    #[test]
+    fn token_params_for_revocation_and_introspection() {
+        let (client, p) =
+            parse_token_param(b"token=abc&token_type_hint=refresh_token&client_id=c", None)
+                .unwrap();
+        assert_eq!(client.client_id(), "c");
+        assert_eq!(p.token.unwrap().expose(), "abc");
+        assert_eq!(p.token_type_hint.as_deref(), Some("refresh_token"));
+        let long = format!("client_id=c&token={}", "A".repeat(MAX_TOKEN_PARAM_LEN + 1));
+        assert!(
+            parse_token_param(long.as_bytes(), None)
+                .unwrap()
+                .1
+                .token
+                .is_none()
+        );
+        assert_eq!(
+            parse_token_param(b"client_id=c", None).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
     fn invalid_utf8_body_is_invalid_request() {
-        let err = parse_token_request(b"grant_type=%FF%FE", None).unwrap_err();
+        let err = parse(b"grant_type=%FF%FE", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidRequest);
     }
 }

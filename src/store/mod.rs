@@ -12,6 +12,7 @@
 mod clients;
 mod events;
 mod keys;
+mod rotation;
 mod tokens;
 mod users;
 
@@ -25,7 +26,8 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, Transaction};
 pub use clients::ClientRow;
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
-pub use tokens::{FamilyRow, NewFamily, PendingRotation, RefreshLookup};
+pub use rotation::{RotateOutcome, Rotation};
+pub use tokens::{AccessState, FamilyRow, NewFamily, PurgeCounts, RefreshState, TokenState};
 pub use users::UserRow;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -40,6 +42,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("rotation group failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -65,6 +69,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Group-commit writer for refresh rotations (`None` only inside the
+    /// writer tasks themselves).
+    writer: Option<rotation::RotationWriter>,
 }
 
 impl Store {
@@ -95,22 +102,42 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        let mut store = Self {
+            pool,
+            backend,
+            writer: None,
+        };
+        store.writer = Some(rotation::RotationWriter::start(&store));
+        Ok(store)
     }
 
     /// Apply the embedded migrations for this backend.
     pub async fn migrate(&self) -> Result<()> {
         let files: &[(i64, &str, &'static str)] = match self.backend {
-            Backend::Sqlite => &[(
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            )],
-            Backend::Postgres => &[(
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            )],
+            Backend::Sqlite => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/sqlite/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/sqlite/0002_sessions.sql"),
+                ),
+            ],
+            Backend::Postgres => &[
+                (
+                    1,
+                    "init",
+                    include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "sessions",
+                    include_str!("../../migrations/postgres/0002_sessions.sql"),
+                ),
+            ],
         };
         let migrations = files
             .iter()

@@ -1,9 +1,18 @@
-//! Refresh-token families and tokens, and the access-token denylist.
+//! Sessions (refresh-token families), refresh tokens, and the access-token
+//! denylist.
 //!
-//! A family is one login; each refresh consumes the presented token and adds
-//! its successor to the family, inside one write transaction. The consuming
+//! A family is one login session; each refresh consumes the presented token
+//! and adds its successor. Reads come first and take no lock
+//! ([`Store::refresh_state`]); the consuming write is one short conditional
+//! statement batch applied by the rotation writer (`store/rotation.rs`), so a
+//! refresh never holds a write lock while tokens are signed. The consuming
 //! `UPDATE ... WHERE used_at IS NULL` is the atomic step: of any number of
-//! concurrent presentations of one token, exactly one sees a row.
+//! concurrent presentations of one token, exactly one consumes it.
+//!
+//! Every change that must end an access token early (a session ended, a `jti`
+//! denied, a user disabled or logged out everywhere) bumps
+//! `revocation_state.version` in the same transaction, so that caches of
+//! access-token checks in every process can see it.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -19,87 +28,79 @@ pub struct FamilyRow {
     /// The scope granted at login: the upper bound for every refresh.
     pub scope: String,
     pub auth_time: UnixTime,
+    pub created_at: UnixTime,
+    pub last_used_at: UnixTime,
     pub expires_at: UnixTime,
     pub revoked_at: Option<UnixTime>,
+    pub device_label: Option<String>,
+    pub client_ip: Option<String>,
 }
 
 fn family(row: &AnyRow) -> Result<FamilyRow> {
+    let created_at: UnixTime = row.try_get("created_at")?;
     Ok(FamilyRow {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
         client_id: row.try_get("client_id")?,
         scope: row.try_get("scope")?,
         auth_time: row.try_get("auth_time")?,
+        created_at,
+        last_used_at: row
+            .try_get::<Option<UnixTime>, _>("last_used_at")?
+            .unwrap_or(created_at),
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        device_label: row.try_get("device_label")?,
+        client_ip: row.try_get("client_ip")?,
     })
 }
 
-const FAMILY_COLUMNS: &str = "id, user_id, client_id, scope, auth_time, expires_at, revoked_at";
+const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.auth_time, f.created_at, \
+     f.last_used_at, f.expires_at, f.revoked_at, f.device_label, f.client_ip";
 
 pub struct NewFamily<'a> {
     pub id: &'a str,
     pub user_id: &'a str,
     pub client_id: &'a str,
     pub scope: &'a str,
+    pub auth_time: UnixTime,
     pub now: UnixTime,
     pub expires_at: UnixTime,
+    pub device_label: Option<&'a str>,
+    pub client_ip: Option<&'a str>,
 }
 
-/// What a presented refresh token turned out to be.
-pub enum RefreshLookup {
-    /// Unused: it is consumed in the open transaction, which the caller commits
-    /// with a successor or drops (rolling the consumption back).
-    Fresh(PendingRotation),
-    /// Already used: reuse. The family has been revoked and that is committed.
-    Reused { family: FamilyRow },
-    /// No such token.
-    Unknown,
+/// One refresh token as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenState {
+    pub issued_at: UnixTime,
+    /// Idle expiry.
+    pub expires_at: UnixTime,
+    pub used_at: Option<UnixTime>,
 }
 
-/// A consumed refresh token whose successor is not yet written.
-pub struct PendingRotation {
-    tx: Transaction<'static, Any>,
+/// Everything the refresh grant needs to decide, read without a lock.
+#[derive(Debug, Clone)]
+pub struct RefreshState {
+    pub token: TokenState,
     pub family: FamilyRow,
-    /// Idle expiry of the presented token.
-    pub token_expires_at: UnixTime,
+    /// `None` if the user row is gone.
+    pub user: Option<super::UserRow>,
 }
 
-impl PendingRotation {
-    /// The family's user and roles, read on this transaction's connection (a
-    /// second pool connection here could starve the pool under contention).
-    pub async fn load_user(&mut self) -> Result<Option<(super::UserRow, Vec<String>)>> {
-        let Some(user) = super::users::find_user_on(&mut self.tx, &self.family.user_id).await?
-        else {
-            return Ok(None);
-        };
-        let roles = super::users::user_roles_on(&mut self.tx, &user.id).await?;
-        Ok(Some((user, roles)))
-    }
-
-    /// Store the successor and commit the rotation.
-    pub async fn commit(
-        mut self,
-        successor_digest: &[u8],
-        now: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_digest, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(successor_digest.to_vec())
-        .bind(&self.family.id)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        self.tx.commit().await?;
-        Ok(())
-    }
+/// Whether an access token is still live as far as the database knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessState {
+    pub jti_denied: bool,
+    /// The session named by `sid` is revoked or gone.
+    pub session_dead: bool,
+    pub user_disabled: bool,
+    /// The user's logout-all instant (0 = never).
+    pub not_before: UnixTime,
 }
 
 impl Store {
-    /// Open a family for a new login with its first refresh token.
+    /// Open a session for a new login with its first refresh token.
     pub async fn create_family(
         &self,
         f: NewFamily<'_>,
@@ -108,15 +109,19 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO token_families (id, user_id, client_id, scope, auth_time, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6)",
+            "INSERT INTO token_families (id, user_id, client_id, scope, auth_time, created_at, \
+             last_used_at, expires_at, device_label, client_ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
         )
         .bind(f.id)
         .bind(f.user_id)
         .bind(f.client_id)
         .bind(f.scope)
+        .bind(f.auth_time)
         .bind(f.now)
         .bind(f.expires_at)
+        .bind(f.device_label)
+        .bind(f.client_ip)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -132,51 +137,64 @@ impl Store {
         Ok(())
     }
 
-    /// Consume a refresh token, or detect its reuse (and revoke its family).
-    pub async fn begin_refresh(&self, digest: &[u8], now: UnixTime) -> Result<RefreshLookup> {
-        let mut tx = self.begin_write().await?;
-        // The write comes first so that, on every backend, the lock is taken
-        // before anything is read.
-        let consumed = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = $1 WHERE token_digest = $2 AND used_at IS NULL \
-             RETURNING family_id, expires_at",
-        )
-        .bind(now)
+    /// A refresh token with its session and user, read without taking a lock.
+    pub async fn refresh_state(&self, digest: &[u8]) -> Result<Option<RefreshState>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
+             t.used_at AS t_used_at, u.id AS u_id, u.username AS u_username, \
+             u.password_hash AS u_password_hash, u.email AS u_email, u.disabled AS u_disabled, \
+             u.created_at AS u_created_at \
+             FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+             LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
+        )))
         .bind(digest.to_vec())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        let Some(consumed) = consumed else {
-            let used = sqlx::query("SELECT family_id FROM refresh_tokens WHERE token_digest = $1")
-                .bind(digest.to_vec())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(used) = used else {
-                return Ok(RefreshLookup::Unknown);
-            };
-            let family_id: String = used.try_get("family_id")?;
-            revoke_family_in(&mut tx, &family_id, now, "refresh token reuse").await?;
-            let fam = fetch_family(&mut tx, &family_id).await?;
-            tx.commit().await?;
-            return Ok(match fam {
-                Some(family) => RefreshLookup::Reused { family },
-                None => RefreshLookup::Unknown,
-            });
+        let Some(row) = row else { return Ok(None) };
+        let user = match row.try_get::<Option<String>, _>("u_id")? {
+            None => None,
+            Some(id) => Some(super::UserRow {
+                id,
+                username: row.try_get("u_username")?,
+                password_hash: row.try_get("u_password_hash")?,
+                email: row.try_get("u_email")?,
+                disabled: row.try_get::<i64, _>("u_disabled")? != 0,
+                created_at: row.try_get("u_created_at")?,
+            }),
         };
-        let family_id: String = consumed.try_get("family_id")?;
-        let token_expires_at: UnixTime = consumed.try_get("expires_at")?;
-        let Some(family) = fetch_family(&mut tx, &family_id).await? else {
-            return Ok(RefreshLookup::Unknown);
-        };
-        Ok(RefreshLookup::Fresh(PendingRotation {
-            tx,
-            family,
-            token_expires_at,
+        Ok(Some(RefreshState {
+            token: TokenState {
+                issued_at: row.try_get("t_issued_at")?,
+                expires_at: row.try_get("t_expires_at")?,
+                used_at: row.try_get("t_used_at")?,
+            },
+            family: family(&row)?,
+            user,
         }))
+    }
+
+    /// One refresh token's state, if it exists.
+    pub async fn refresh_token(&self, digest: &[u8]) -> Result<Option<(String, TokenState)>> {
+        let row = sqlx::query(
+            "SELECT family_id, issued_at, expires_at, used_at FROM refresh_tokens WHERE token_digest = $1",
+        )
+        .bind(digest.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((
+            row.try_get("family_id")?,
+            TokenState {
+                issued_at: row.try_get("issued_at")?,
+                expires_at: row.try_get("expires_at")?,
+                used_at: row.try_get("used_at")?,
+            },
+        )))
     }
 
     pub async fn find_family(&self, id: &str) -> Result<Option<FamilyRow>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {FAMILY_COLUMNS} FROM token_families WHERE id = $1"
+            "SELECT {FAMILY_COLUMNS} FROM token_families f WHERE f.id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -184,79 +202,204 @@ impl Store {
         row.as_ref().map(family).transpose()
     }
 
-    /// The family a refresh token belongs to, whether or not it was used.
-    pub async fn find_family_by_token(
-        &self,
-        digest: &[u8],
-    ) -> Result<Option<(FamilyRow, Option<UnixTime>, UnixTime)>> {
-        let row = sqlx::query(
-            "SELECT f.id, f.user_id, f.client_id, f.scope, f.auth_time, f.expires_at, f.revoked_at, \
-             t.used_at AS token_used_at, t.expires_at AS token_expires_at \
-             FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id WHERE t.token_digest = $1",
-        )
-        .bind(digest.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some((
-            family(&row)?,
-            row.try_get("token_used_at")?,
-            row.try_get("token_expires_at")?,
+    /// A user's live sessions (not revoked, not expired), newest use first.
+    pub async fn list_sessions(&self, user_id: &str, now: UnixTime) -> Result<Vec<FamilyRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {FAMILY_COLUMNS} FROM token_families f \
+             WHERE f.user_id = $1 AND f.revoked_at IS NULL AND f.expires_at > $2 \
+             ORDER BY f.last_used_at DESC, f.id"
         )))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(family).collect()
     }
 
-    /// Revoke a family (logout, revocation, reuse). Returns whether it was live.
+    /// End one session (logout, revocation, reuse, admin). Returns whether it was live.
     pub async fn revoke_family(&self, id: &str, now: UnixTime, reason: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let n = revoke_family_in(&mut tx, id, now, reason).await?;
+        if n {
+            bump_revocation_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// End one session and deny one access token, together (logout).
+    pub async fn logout(
+        &self,
+        family_id: Option<&str>,
+        jti: &str,
+        jti_expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let ended = match family_id {
+            Some(id) => revoke_family_in(&mut tx, id, now, "logout").await?,
+            None => false,
+        };
+        deny_jti_in(&mut tx, jti, jti_expires_at).await?;
+        bump_revocation_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// End every live session of a user; with `not_before`, also refuse every
+    /// access token issued to the user before that instant (logout-all).
+    /// Returns how many sessions ended.
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        now: UnixTime,
+        reason: &str,
+        not_before: Option<UnixTime>,
+    ) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let n = revoke_user_sessions_in(&mut tx, user_id, now, reason).await?;
+        if let Some(t) = not_before {
+            sqlx::query("UPDATE users SET tokens_not_before = $1 WHERE id = $2")
+                .bind(t)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
         Ok(n)
     }
 
     /// Deny an access token by `jti` until it would have expired anyway.
     pub async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<()> {
-        sqlx::query("INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-            .bind(jti)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        deny_jti_in(&mut tx, jti, expires_at).await?;
+        bump_revocation_in(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn is_access_token_revoked(&self, jti: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM revoked_access_tokens WHERE jti = $1")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+    /// Everything that can end an access token before its `exp`, in one round trip.
+    pub async fn access_state(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessState> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) AS denied, \
+               (SELECT COUNT(*) FROM token_families WHERE id = $2 AND revoked_at IS NULL) AS live, \
+               (SELECT disabled FROM users WHERE id = $3) AS disabled, \
+               (SELECT tokens_not_before FROM users WHERE id = $3) AS not_before",
+        )
+        .bind(jti)
+        .bind(sid.unwrap_or(""))
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AccessState {
+            jti_denied: row.try_get::<i64, _>("denied")? > 0,
+            session_dead: sid.is_some() && row.try_get::<i64, _>("live")? == 0,
+            user_disabled: row.try_get::<Option<i64>, _>("disabled")?.unwrap_or(0) != 0,
+            not_before: row.try_get::<Option<i64>, _>("not_before")?.unwrap_or(0),
+        })
     }
 
-    /// Delete expired refresh tokens, dead families and expired denylist rows.
-    pub async fn purge_expired(&self, now: UnixTime) -> Result<u64> {
+    /// The counter bumped by every revocation (see the module docs).
+    pub async fn revocation_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT version FROM revocation_state WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("version")?)
+    }
+
+    /// Delete at most `batch` rows of each kind that can no longer matter:
+    /// refresh tokens past their idle expiry, sessions past their absolute
+    /// expiry (with their tokens), and denylisted `jti`s past their `exp`.
+    /// Each kind is its own short transaction, so the SQLite write lock is
+    /// held only for one small batch at a time.
+    pub async fn purge_expired_batch(&self, now: UnixTime, batch: i64) -> Result<PurgeCounts> {
+        let mut counts = PurgeCounts::default();
         let mut tx = self.begin_write().await?;
-        let a = sqlx::query("DELETE FROM revoked_access_tokens WHERE expires_at < $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let b = sqlx::query("DELETE FROM token_families WHERE expires_at < $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        counts.refresh_tokens = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_digest IN \
+             (SELECT token_digest FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
-        Ok(a + b)
+
+        let mut tx = self.begin_write().await?;
+        // Tokens go first: no foreign-key cascade is relied upon.
+        counts.refresh_tokens += sqlx::query(
+            "DELETE FROM refresh_tokens WHERE family_id IN \
+             (SELECT id FROM token_families WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        counts.sessions = sqlx::query(
+            "DELETE FROM token_families WHERE id IN \
+             (SELECT id FROM token_families WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+
+        let mut tx = self.begin_write().await?;
+        counts.denied_jtis = sqlx::query(
+            "DELETE FROM revoked_access_tokens WHERE jti IN \
+             (SELECT jti FROM revoked_access_tokens WHERE expires_at < $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// Row counts of the tables cleanup works on (for operators and tests).
+    pub async fn token_table_counts(&self) -> Result<PurgeCounts> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM refresh_tokens) AS rt, \
+             (SELECT COUNT(*) FROM token_families) AS fam, \
+             (SELECT COUNT(*) FROM revoked_access_tokens) AS jti",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let n =
+            |c: &str| -> Result<u64> { Ok(u64::try_from(row.try_get::<i64, _>(c)?).unwrap_or(0)) };
+        Ok(PurgeCounts {
+            refresh_tokens: n("rt")?,
+            sessions: n("fam")?,
+            denied_jtis: n("jti")?,
+        })
     }
 }
 
-async fn fetch_family(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Option<FamilyRow>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {FAMILY_COLUMNS} FROM token_families WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(family).transpose()
+/// Rows removed by one cleanup batch (or, from [`Store::token_table_counts`], present).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    pub refresh_tokens: u64,
+    pub sessions: u64,
+    pub denied_jtis: u64,
+}
+
+impl PurgeCounts {
+    pub fn total(&self) -> u64 {
+        self.refresh_tokens + self.sessions + self.denied_jtis
+    }
 }
 
 async fn revoke_family_in(
@@ -274,4 +417,44 @@ async fn revoke_family_in(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn revoke_user_sessions_in(
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+    now: UnixTime,
+    reason: &str,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE token_families SET revoked_at = $1, revoked_reason = $2 \
+         WHERE user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+async fn deny_jti_in(
+    tx: &mut Transaction<'static, Any>,
+    jti: &str,
+    expires_at: UnixTime,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(jti)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn bump_revocation_in(tx: &mut Transaction<'static, Any>) -> Result<()> {
+    sqlx::query("UPDATE revocation_state SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

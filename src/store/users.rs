@@ -122,8 +122,38 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        super::tokens::bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Replace a user's password hash and end every session of the user, in
+    /// one transaction. Returns the user id and how many sessions ended, or
+    /// `None` for an unknown user.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<(String, u64)>> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(password_hash)
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        let ended =
+            super::tokens::revoke_user_sessions_in(&mut tx, &id, now, "password changed").await?;
+        super::tokens::bump_revocation_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some((id, ended)))
     }
 }
 

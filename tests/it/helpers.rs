@@ -197,7 +197,13 @@ impl TestApp {
     }
 
     /// `clients create ... --json`, asserting success; returns the printed record.
-    async fn clients_create(&self, id: &str, grants: &str, scopes: &str, extra: &[&str]) -> Value {
+    pub async fn clients_create(
+        &self,
+        id: &str,
+        grants: &str,
+        scopes: &str,
+        extra: &[&str],
+    ) -> Value {
         let mut args = vec![
             "clients",
             "create",
@@ -305,6 +311,32 @@ impl TestApp {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["cache-control"], "no-store");
         r.json().await.unwrap()
+    }
+
+    /// A request with this access token as `Authorization: Bearer`.
+    pub async fn bearer(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Run a CLI command and assert it succeeded; returns its stdout.
+    pub async fn cli_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.cli(args, stdin).await;
+        assert!(
+            out.status.success(),
+            "latchkey {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub async fn refresh(&self, client: (&str, &str), refresh_token: &str) -> reqwest::Response {

@@ -20,6 +20,10 @@ mod tokens;
 mod refresh;
 // Userinfo, revocation and introspection.
 mod resource;
+// Sessions: listing, logout, logout-all, admin revocation, password change, cleanup, storms.
+mod sessions;
+// Browser clients: the refresh token only in an HttpOnly cookie, CORS by registered origin.
+mod cookie;
 // Key ring operations from the CLI while a server runs; restarts.
 mod keys;
 // Scheduled lifecycle across replicas, downtime catch-up, the admin API.

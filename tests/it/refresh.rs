@@ -137,18 +137,18 @@ async fn a_refresh_token_is_bound_to_its_client() {
     assert_eq!(app.refresh(("web", &secret), rt).await.status(), 200);
 }
 
-#[tokio::test]
-async fn twenty_concurrent_refreshes_of_one_token_yield_exactly_one_success() {
-    let (app, secret) = setup().await;
-    let login = app
-        .login(("web", &secret), "alice", PASSWORD, "api:read")
-        .await;
-    let rt = login["refresh_token"].as_str().unwrap().to_string();
+/// Present one refresh token `n` times at once; returns (status, body) of each.
+async fn concurrent_refreshes(
+    app: &TestApp,
+    secret: &str,
+    rt: &str,
+    n: usize,
+) -> Vec<(u16, Value)> {
     let mut tasks = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..n {
         let http = app.http.clone();
         let url = app.url("/token");
-        let (secret, rt) = (secret.clone(), rt.clone());
+        let (secret, rt) = (secret.to_string(), rt.to_string());
         tasks.push(tokio::spawn(async move {
             let r = http
                 .post(url)
@@ -164,9 +164,61 @@ async fn twenty_concurrent_refreshes_of_one_token_yield_exactly_one_success() {
             (status, r.json::<Value>().await.unwrap())
         }));
     }
-    let mut ok = Vec::new();
+    let mut out = Vec::new();
     for t in tasks {
-        let (status, body) = t.await.unwrap();
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn twenty_concurrent_refreshes_of_one_token_all_get_the_one_successor() {
+    let (app, secret) = setup().await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "openid api:read")
+        .await;
+    let rt = login["refresh_token"].as_str().unwrap().to_string();
+    let results = concurrent_refreshes(&app, &secret, &rt, 20).await;
+    let mut successors = std::collections::BTreeSet::new();
+    let mut access = std::collections::BTreeSet::new();
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        successors.insert(body["refresh_token"].as_str().unwrap().to_string());
+        access.insert(body["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(successors.len(), 1, "one distinct successor, never two");
+    assert_eq!(access.len(), 20, "each answer carries its own access token");
+    // The session is alive and the successor works; afterwards the original
+    // token is plain reuse, which ends the session.
+    let successor = successors.into_iter().next().unwrap();
+    let r = app.refresh(("web", &secret), &successor).await;
+    assert_eq!(r.status(), 200);
+    let third = r.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect_invalid_grant(app.refresh(("web", &secret), &rt).await).await;
+    expect_invalid_grant(app.refresh(("web", &secret), &third).await).await;
+}
+
+#[tokio::test]
+async fn with_the_retry_window_off_concurrent_refreshes_revoke_the_session() {
+    let app = TestApp::spawn_with(Options {
+        top_toml: "[tokens]\nrefresh_retry_window_secs = 0\n".into(),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password,refresh_token", "api:read", "ES256")
+        .await;
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    let rt = login["refresh_token"].as_str().unwrap().to_string();
+    let results = concurrent_refreshes(&app, &secret, &rt, 20).await;
+    let mut ok = Vec::new();
+    for (status, body) in results {
         match status {
             200 => ok.push(body),
             400 => assert_eq!(body["error"], "invalid_grant", "{body}"),
@@ -174,10 +226,98 @@ async fn twenty_concurrent_refreshes_of_one_token_yield_exactly_one_success() {
         }
     }
     assert_eq!(ok.len(), 1, "exactly one refresh wins");
-    // The losers presented a consumed token: the family is revoked, so even the
-    // winner's successor is dead — two valid successors can never exist.
+    // The losers presented a consumed token: strict mode revokes the family,
+    // so even the winner's successor is dead.
     let successor = ok[0]["refresh_token"].as_str().unwrap();
     expect_invalid_grant(app.refresh(("web", &secret), successor).await).await;
+}
+
+#[tokio::test]
+async fn a_retry_within_the_window_gets_the_byte_identical_successor() {
+    use latchkey::clock::{Clock, ManualClock, SystemClock};
+    let clock = std::sync::Arc::new(ManualClock::new(SystemClock.now()));
+    let app = TestApp::spawn_with(Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let secret = app
+        .create_client("web", "password,refresh_token", "openid api:read", "RS256")
+        .await;
+    let other = app
+        .create_client("other", "password,refresh_token", "api:read", "RS256")
+        .await;
+    let client = ("web", secret.as_str());
+    let rt = |v: &Value| v["refresh_token"].as_str().unwrap().to_string();
+
+    // A lost response: the client retries with the token it still has.
+    let first = rt(&app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await);
+    let r1: Value = app.refresh(client, &first).await.json().await.unwrap();
+    clock.advance(10);
+    let r = app.refresh(client, &first).await;
+    assert_eq!(r.status(), 200);
+    let r2: Value = r.json().await.unwrap();
+    assert_eq!(rt(&r1), rt(&r2), "the same successor, byte for byte");
+    assert_ne!(
+        r1["access_token"], r2["access_token"],
+        "with a fresh access token"
+    );
+    assert!(r2["id_token"].is_string());
+    // Another client replaying it is refused and changes nothing.
+    expect_invalid_grant(app.refresh(("other", &other), &first).await).await;
+    // The successor works; after that, the old token is reuse and ends the session.
+    let r3: Value = app.refresh(client, &rt(&r1)).await.json().await.unwrap();
+    expect_invalid_grant(app.refresh(client, &first).await).await;
+    expect_invalid_grant(app.refresh(client, &rt(&r3)).await).await;
+
+    // After the window (10 s by default) a replay is reuse too.
+    let first = rt(&app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await);
+    let r1: Value = app.refresh(client, &first).await.json().await.unwrap();
+    clock.advance(11);
+    expect_invalid_grant(app.refresh(client, &first).await).await;
+    expect_invalid_grant(app.refresh(client, &rt(&r1)).await).await;
+
+    // An older token (two rotations back) is reuse even inside the window.
+    let t0 = rt(&app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await);
+    let t1 = rt(&app.refresh(client, &t0).await.json().await.unwrap());
+    let t2 = rt(&app.refresh(client, &t1).await.json().await.unwrap());
+    expect_invalid_grant(app.refresh(client, &t0).await).await;
+    expect_invalid_grant(app.refresh(client, &t2).await).await;
+}
+
+#[tokio::test]
+async fn refresh_grant_tokens_verify_independently_and_keep_the_session() {
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let login = app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await;
+    let r: Value = app
+        .refresh(client, login["refresh_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jwks = app.jwks().await;
+    let claims = crate::helpers::verify_with_jsonwebtoken(
+        &jwks,
+        r["access_token"].as_str().unwrap(),
+        &app.issuer,
+        &app.issuer,
+    )
+    .unwrap();
+    let sid = jwt_part(login["access_token"].as_str().unwrap(), 1)["sid"].clone();
+    assert!(sid.is_string(), "a password login carries a session id");
+    assert_eq!(claims["sid"], sid);
+    assert_eq!(claims["client_id"], "web");
+    assert_eq!(claims["scope"], "api:read openid");
 }
 
 #[tokio::test]
@@ -197,13 +337,13 @@ async fn refresh_tokens_expire_when_idle_and_at_the_absolute_limit() {
     let client = ("web", secret.as_str());
     let rt = |v: &Value| v["refresh_token"].as_str().unwrap().to_string();
 
-    // Idle: used within 60 s it rotates; left 61 s it is dead.
+    // Idle: a token lives exactly 60 s: at 59 s it rotates, at 60 s it is dead.
     let idle = rt(&app.login(client, "alice", PASSWORD, "api:read").await);
     clock.advance(59);
     let r = app.refresh(client, &idle).await;
     assert_eq!(r.status(), 200);
     let next = rt(&r.json().await.unwrap());
-    clock.advance(61);
+    clock.advance(60);
     expect_invalid_grant(app.refresh(client, &next).await).await;
 
     // Absolute: refreshed every 50 s the login still ends 150 s after it began.
@@ -221,12 +361,29 @@ async fn refresh_tokens_expire_when_idle_and_at_the_absolute_limit() {
 #[tokio::test]
 async fn garbage_refresh_tokens_are_invalid_grant() {
     let (app, secret) = setup().await;
-    for rt in ["x", "' OR 1=1 --", &"A".repeat(43)] {
+    let login = app
+        .login(("web", &secret), "alice", PASSWORD, "api:read")
+        .await;
+    let access = login["access_token"].as_str().unwrap();
+    // Whatever it is — junk, an injection attempt, a 2 KB blob, an access
+    // token — if it is not a latchkey refresh token it is invalid_grant.
+    for rt in [
+        "x",
+        "' OR 1=1 --",
+        &"A".repeat(43),
+        &"A".repeat(600),
+        &"%".repeat(2048),
+        access,
+    ] {
         expect_invalid_grant(app.refresh(("web", &secret), rt).await).await;
     }
-    let r = app.refresh(("web", &secret), &"A".repeat(600)).await;
-    assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    // None of that touched the real session.
+    assert_eq!(
+        app.refresh(("web", &secret), login["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
