@@ -354,7 +354,7 @@ async fn run_user(
         let mut keep = |kind: TokenKind, token: Option<&str>, samples: &mut Vec<Sample>| {
             if let Some(t) = token {
                 // The first token and every Nth after it.
-                let pick = issued % args.verify_every.max(1) == 0;
+                let pick = issued.is_multiple_of(args.verify_every.max(1));
                 issued += 1;
                 if pick && samples.len() < args.verify_max_per_user {
                     samples.push(Sample {
