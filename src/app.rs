@@ -1,14 +1,12 @@
-//! Assembly: open the store, the KMS and the key ring, build the app state,
-//! and serve it. One [`AppState`] per server, passed to handlers with axum's
-//! `State`; there are no globals, so tests run several servers in one process.
+//! Assembly: open the store, the KMS and the key ring and build the app state
+//! (`crate::server` serves it). One [`AppState`] per server, passed to handlers
+//! with axum's `State`; there are no globals, so tests run several servers in
+//! one process.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, PepperSource, Secret};
@@ -18,8 +16,9 @@ use crate::keyring::KeyRing;
 use crate::keyring::kms::Kms;
 use crate::keyring::kms::local::read_or_create_secret_file;
 use crate::keyring::lifecycle::Lifecycle;
-use crate::keyring::scheduler::{self, SchedulerStats};
+use crate::keyring::scheduler::SchedulerStats;
 use crate::oauth::wire::Discovery;
+use crate::readiness::Probe;
 use crate::secret::Secrets;
 use crate::session::Sessions;
 use crate::store::Store;
@@ -83,6 +82,8 @@ pub struct AppState {
     pub discovery_json: axum::body::Bytes,
     /// JWKS responses served (200 and 304), for health output and tests.
     pub jwks_requests: Arc<AtomicU64>,
+    /// The checks behind `/readyz`.
+    pub readiness: Arc<Probe>,
 }
 
 impl AppState {
@@ -129,6 +130,13 @@ impl AppState {
             Alg::ALL.iter().map(|a| a.as_str()).collect(),
         );
         let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
+        let stats = Arc::new(SchedulerStats::default());
+        let readiness = Arc::new(Probe::new(
+            services.store.clone(),
+            ring.clone(),
+            stats.clone(),
+            std::time::Duration::from_secs(config.keys.reload_interval_secs),
+        ));
         Ok(Self {
             config: Arc::new(config),
             store: services.store,
@@ -137,45 +145,10 @@ impl AppState {
             sessions,
             lifecycle: services.lifecycle,
             clock,
-            stats: Arc::new(SchedulerStats::default()),
+            stats,
             discovery_json,
             jwks_requests: Arc::new(AtomicU64::new(0)),
+            readiness,
         })
-    }
-
-    /// Serve on `listener` until `shutdown` completes, running the key
-    /// scheduler beside the HTTP server.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stop_rx_cleanup = stop_rx.clone();
-        let sched = tokio::spawn(scheduler::run(
-            self.lifecycle.clone(),
-            self.ring.clone(),
-            self.stats.clone(),
-            stop_rx,
-        ));
-        let cleanup = tokio::spawn(crate::session::cleanup::run(
-            self.store.clone(),
-            self.clock.clone(),
-            std::time::Duration::from_secs(self.config.tokens.cleanup_interval_secs),
-            self.config.tokens.cleanup_batch_size,
-            stop_rx_cleanup,
-        ));
-        let store = self.store.clone();
-        tracing::info!(addr = %listener.local_addr()?, issuer = %self.config.issuer, "latchkey serving");
-        let app =
-            crate::http::router(self).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-        let _ = stop_tx.send(true);
-        let _ = sched.await;
-        let _ = cleanup.await;
-        store.close().await;
-        result.context("HTTP server failed")
     }
 }

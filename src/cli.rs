@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::app::{AppState, Services};
 use crate::clock::{SharedClock, SystemClock, UnixTime};
-use crate::config::Config;
+use crate::config::{Config, LogConfig, LogFormat};
 use crate::keyring::Alg;
 use crate::keyring::lifecycle::{self, KeyInfo};
 use crate::oauth::{GrantType, Scope};
@@ -209,20 +209,29 @@ pub enum EventsCmd {
     },
 }
 
-/// Logs go to stderr; `LATCHKEY_LOG` sets the filter (default `info` for
-/// `serve`, `warn` otherwise so command output stays clean).
-pub fn init_logging(cli: &Cli) {
+/// Logs go to stderr. `LATCHKEY_LOG` sets the filter (default `info` for
+/// `serve`, `warn` otherwise so command output stays clean); `[log] format`
+/// chooses JSON lines (the default under `profile = "prod"`) or text.
+pub fn init_logging(cli: &Cli, log: &LogConfig) {
     let default = if matches!(cli.command, Command::Serve) {
         "info"
     } else {
         "warn"
     };
-    let filter = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::new(log.filter.as_deref().unwrap_or(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -232,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.config.display()
         )
     })?;
+    init_logging(&cli, &config.log);
     let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
         Command::Serve => serve(config, clock).await,
@@ -255,7 +265,32 @@ async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
-    state.serve(listener, shutdown_signal()).await
+    let server = crate::server::Server::new(state, listener)?;
+    if let Some(tls) = server.tls_reloader() {
+        tokio::spawn(reload_on_sighup(tls));
+    }
+    server.run(shutdown_signal()).await
+}
+
+/// SIGHUP reloads the TLS certificate (file changes are also noticed by
+/// polling, within `server.tls.poll_secs`).
+async fn reload_on_sighup(tls: crate::server::TlsReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; TLS reloads rely on file polling");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the TLS certificate");
+            if let Err(e) = tls.reload() {
+                tracing::error!(error = %format!("{e:#}"), "TLS reload failed; still serving the previous certificate");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

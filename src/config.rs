@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -22,7 +23,11 @@ pub const ENV_PREFIX: &str = "LATCHKEY_";
 
 /// Variables under the prefix that are not config keys (test harness switches and
 /// the log filter); they are skipped rather than rejected as unknown keys.
-const ENV_NOT_CONFIG: &[&str] = &["LATCHKEY_TEST_", "LATCHKEY_LOG"];
+/// `LATCHKEY_LOG` is matched exactly, so `LATCHKEY_LOG__FORMAT` stays a key.
+const ENV_NOT_CONFIG: &[&str] = &["LATCHKEY_TEST_"];
+
+/// The `tracing` filter directive (e.g. `info,latchkey=debug`).
+pub const LOG_FILTER_ENV: &str = "LATCHKEY_LOG";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +66,8 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     security: RawSecurity,
+    #[serde(default)]
+    log: RawLog,
 }
 
 fn default_profile() -> String {
@@ -74,6 +81,39 @@ struct RawServer {
     max_body_bytes: u64,
     #[serde(deserialize_with = "string_or_list")]
     trusted_proxies: Vec<String>,
+    header_read_timeout_secs: u64,
+    body_read_timeout_secs: u64,
+    request_timeout_secs: u64,
+    max_connections: u64,
+    shutdown_grace_secs: u64,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_chain_file: String,
+    key_file: String,
+    #[serde(default = "default_tls_poll_secs")]
+    poll_secs: u64,
+}
+
+fn default_tls_poll_secs() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "auto".into(),
+        }
+    }
 }
 
 /// A list key given either as a TOML array or, as the environment must, as
@@ -102,6 +142,12 @@ impl Default for RawServer {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 4096,
+            shutdown_grace_secs: 20,
+            tls: None,
         }
     }
 }
@@ -191,7 +237,7 @@ struct RawTokens {
     refresh_retry_window_secs: u64,
     cleanup_interval_secs: u64,
     cleanup_batch_size: u64,
-    revocation_poll_millis: u64,
+    clients_cache_millis: u64,
     audience: Option<String>,
     default_alg: String,
 }
@@ -206,7 +252,7 @@ impl Default for RawTokens {
             refresh_retry_window_secs: 10,
             cleanup_interval_secs: 300,
             cleanup_batch_size: 500,
-            revocation_poll_millis: 1000,
+            clients_cache_millis: 1000,
             audience: None,
             default_alg: "RS256".into(),
         }
@@ -269,6 +315,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub tokens: TokenConfig,
     pub security: SecurityConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +324,41 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// From accepting a connection (or finishing a response) until the next
+    /// request's headers are complete; also bounds an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// From the request's headers until its body is complete (answered 408).
+    pub body_read_timeout: Duration,
+    /// From the request's headers until the response is ready (answered 503).
+    pub request_timeout: Duration,
+    /// Open connections at most; connections past it are closed at once.
+    pub max_connections: usize,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// HTTPS when set; plain HTTP otherwise.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The certificate chain and key files; both PEM, reloaded when they change.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_chain_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often the files' modification times are checked.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// The `tracing` filter from `LATCHKEY_LOG`, when set.
+    pub filter: Option<String>,
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is
@@ -420,9 +502,9 @@ pub struct TokenConfig {
     pub cleanup_interval_secs: u64,
     /// Most rows of each kind deleted per cleanup transaction.
     pub cleanup_batch_size: u64,
-    /// How often each server checks whether another process revoked
-    /// something (bounds how stale its access-token check cache can be).
-    pub revocation_poll_millis: u64,
+    /// How long a client registration read from the database is reused
+    /// (0 = read it on every request).
+    pub clients_cache_millis: u64,
     pub audience: String,
     pub default_alg: Alg,
 }
@@ -468,11 +550,18 @@ impl Config {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         refuse_file_secrets(&table)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let log_filter = env
+            .iter()
+            .find(|(k, _)| k == LOG_FILTER_ENV)
+            .map(|(_, v)| v.clone());
         apply_env(&mut table, env)?;
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        raw.validate()
+        let mut config = raw.validate()?;
+        config.log.filter = log_filter;
+        Ok(config)
     }
 }
 
@@ -517,6 +606,7 @@ fn apply_env(
     let vars: BTreeMap<String, String> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .filter(|(k, _)| k != LOG_FILTER_ENV)
         .filter(|(k, _)| !ENV_NOT_CONFIG.iter().any(|skip| k.starts_with(skip)))
         .collect();
     for (name, value) in vars {
@@ -611,6 +701,60 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let secs = |v: u64, what: &str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(bounded(v, 1, 3600, what)?))
+        };
+        let header_read_timeout = secs(
+            self.server.header_read_timeout_secs,
+            "server.header_read_timeout_secs",
+        )?;
+        let body_read_timeout = secs(
+            self.server.body_read_timeout_secs,
+            "server.body_read_timeout_secs",
+        )?;
+        let request_timeout = secs(
+            self.server.request_timeout_secs,
+            "server.request_timeout_secs",
+        )?;
+        let shutdown_grace = secs(
+            self.server.shutdown_grace_secs,
+            "server.shutdown_grace_secs",
+        )?;
+        let max_connections = usize::try_from(bounded(
+            self.server.max_connections,
+            1,
+            1_000_000,
+            "server.max_connections",
+        )?)
+        .map_err(|_| invalid("server.max_connections is too large"))?;
+        let tls = match self.server.tls {
+            None => None,
+            Some(t) => {
+                if t.cert_chain_file.trim().is_empty() || t.key_file.trim().is_empty() {
+                    return Err(invalid(
+                        "server.tls needs both cert_chain_file and key_file",
+                    ));
+                }
+                Some(TlsConfig {
+                    cert_chain_file: PathBuf::from(t.cert_chain_file),
+                    key_file: PathBuf::from(t.key_file),
+                    poll_interval: secs(t.poll_secs, "server.tls.poll_secs")?,
+                })
+            }
+        };
+        let log = LogConfig {
+            format: match (self.log.format.as_str(), profile) {
+                ("json", _) | ("auto", Profile::Prod) => LogFormat::Json,
+                ("text", _) | ("auto", Profile::Dev) => LogFormat::Text,
+                (other, _) => {
+                    return Err(invalid(format!(
+                        "log.format must be auto, json or text, not {other:?}"
+                    )));
+                }
+            },
+            filter: None,
+        };
+
         let url = parse_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections must be at least 1"));
@@ -650,11 +794,11 @@ impl RawConfig {
                 100_000,
                 "tokens.cleanup_batch_size",
             )?,
-            revocation_poll_millis: bounded(
-                self.tokens.revocation_poll_millis,
-                50,
+            clients_cache_millis: bounded(
+                self.tokens.clients_cache_millis,
+                0,
                 60_000,
-                "tokens.revocation_poll_millis",
+                "tokens.clients_cache_millis",
             )?,
             audience: self.tokens.audience.unwrap_or_else(|| issuer.clone()),
             default_alg: parse_alg(&self.tokens.default_alg, "tokens.default_alg")?,
@@ -706,6 +850,12 @@ impl RawConfig {
                 bind,
                 max_body_bytes,
                 trusted_proxies,
+                header_read_timeout,
+                body_read_timeout,
+                request_timeout,
+                max_connections,
+                shutdown_grace,
+                tls,
             },
             database: DatabaseConfig {
                 url,
@@ -714,6 +864,7 @@ impl RawConfig {
             keys,
             tokens,
             security: SecurityConfig { pepper },
+            log,
         })
     }
 }
@@ -907,6 +1058,63 @@ mod tests {
         assert!(
             matches!(c.security.pepper, PepperSource::GenerateInto(ref p) if p == Path::new("keys/pepper"))
         );
+    }
+
+    #[test]
+    fn server_limits_tls_and_log_format() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(20));
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.filter, None);
+
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LATCHKEY_SERVER__HEADER_READ_TIMEOUT_SECS", "3"),
+                ("LATCHKEY_SERVER__TLS__CERT_CHAIN_FILE", "/tls/chain.pem"),
+                ("LATCHKEY_SERVER__TLS__KEY_FILE", "/tls/key.pem"),
+                ("LATCHKEY_LOG__FORMAT", "json"),
+                ("LATCHKEY_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert_chain_file, Path::new("/tls/chain.pem"));
+        assert_eq!(tls.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.filter.as_deref(), Some("debug"));
+
+        for (key, value) in [
+            ("LATCHKEY_SERVER__BODY_READ_TIMEOUT_SECS", "0"),
+            ("LATCHKEY_SERVER__MAX_CONNECTIONS", "0"),
+            ("LATCHKEY_LOG__FORMAT", "xml"),
+            ("LATCHKEY_SERVER__TLS__KEY_FILE", "/tls/key.pem"),
+        ] {
+            assert!(
+                Config::from_toml_str(MINIMAL, env(&[(key, value)])).is_err(),
+                "{key}={value} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn prod_logs_json_unless_told_otherwise() {
+        let prod = "issuer = \"https://id.example.com\"\nprofile = \"prod\"\n";
+        let pepper = (
+            "LATCHKEY_SECURITY__PEPPER",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let c = Config::from_toml_str(prod, env(&[pepper])).unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let c =
+            Config::from_toml_str(prod, env(&[pepper, ("LATCHKEY_LOG__FORMAT", "text")])).unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! The key ring lives in memory ([`keyring::KeyRing`]), rebuilt from the database
 //! when its version moves; [`keyring::scheduler`] applies lifecycle transitions
-//! ([`keyring::lifecycle`]) in locked transactions. See ARCHITECTURE.md.
+//! ([`keyring::lifecycle`]) in locked transactions. [`server`] accepts
+//! connections (TLS, limits, graceful shutdown) and hands requests to
+//! [`http::router`]. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod cli;
@@ -22,7 +24,9 @@ pub mod grant;
 pub mod http;
 pub mod keyring;
 pub mod oauth;
+pub mod readiness;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod token;

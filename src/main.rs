@@ -1,4 +1,5 @@
-//! The `latchkey` binary: parse the command line, start logging, run.
+//! The `latchkey` binary: parse the command line and run (`cli::run` loads
+//! the configuration, then starts logging as it says).
 
 use std::process::ExitCode;
 
@@ -7,7 +8,6 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = latchkey::cli::Cli::parse();
-    latchkey::cli::init_logging(&cli);
     match latchkey::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,6 +10,7 @@
 //! Grants return [`oauth::Error`] values; internal failures are logged here and
 //! surface only as `server_error`. Nothing here knows HTTP.
 
+mod client_cache;
 mod client_credentials;
 pub mod issue;
 mod password;
@@ -37,6 +38,7 @@ pub struct TokenService {
     pub(crate) minter: Minter,
     pub(crate) clock: SharedClock,
     pub(crate) cfg: Arc<TokenConfig>,
+    clients: Arc<client_cache::ClientCache>,
 }
 
 /// A token response and how to deliver it.
@@ -86,6 +88,9 @@ impl TokenService {
             secrets,
             minter,
             clock,
+            clients: Arc::new(client_cache::ClientCache::new(
+                std::time::Duration::from_millis(cfg.clients_cache_millis),
+            )),
             cfg: Arc::new(cfg),
         }
     }
@@ -159,8 +164,8 @@ impl TokenService {
     pub async fn authenticate(&self, auth: &ClientAuth) -> Result<AuthenticatedClient, Error> {
         let failed = || Error::invalid_client("client authentication failed");
         let row = self
-            .store
-            .find_client(auth.client_id())
+            .clients
+            .get(&self.store, auth.client_id())
             .await
             .map_err(internal)?;
         let ok = match (auth, &row) {

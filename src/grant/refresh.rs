@@ -209,7 +209,7 @@ async fn mint(
             .join(" "),
     );
     let scope = scope_policy(requested, &ceiling)?;
-    let roles = svc.store.user_roles(&user.id).await.map_err(internal)?;
+    let roles = state.roles.clone();
     issue_for_user(
         svc,
         client,

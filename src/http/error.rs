@@ -32,6 +32,7 @@ fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidClient | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
         ErrorCode::InsufficientScope | ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
         ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +89,10 @@ impl IntoResponse for ApiError {
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, c);
+        }
+        if e.code == ErrorCode::RequestTimeout {
+            // The rest of the body may still trickle in: do not read it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

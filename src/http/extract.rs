@@ -145,10 +145,17 @@ pub async fn form_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         return Err(too_large());
     }
     // Past the limit the read stops; a failed read of a body this small is
-    // either that or a client that went away.
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    // that, the body deadline, or a client that went away.
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if super::layers::is_body_timeout(&e) {
+            Error::new(
+                ErrorCode::RequestTimeout,
+                "the request body was not received in time",
+            )
+        } else {
+            too_large()
+        }
+    })?;
     Ok(bytes.to_vec())
 }
 

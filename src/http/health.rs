@@ -1,20 +1,22 @@
-//! `/healthz`: 200 while the database answers and every algorithm has a
-//! loaded signing key; 503 otherwise. It also reports the key scheduler's
-//! failure counters, which an operator alerts on.
+//! `/healthz` (alive) and `/readyz` (ready for traffic).
+//!
+//! `/healthz` touches no database: it answers 200 while the process serves,
+//! with the key scheduler's counters an operator alerts on. `/readyz` renders
+//! the checks of [`crate::readiness`]: 200 when all pass, 503 naming the
+//! failing ones otherwise.
 
 use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::app::AppState;
 use crate::keyring::Alg;
 
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    let db_ok = state.store.ping().await.is_ok();
     let ring = state.ring.current();
     let signing: Vec<_> = Alg::ALL
         .iter()
@@ -30,8 +32,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         .iter()
         .all(|a| ring.active(*a).is_some_and(|k| k.signer.is_some()));
     let body = json!({
-        "status": if db_ok && keys_ok { "ok" } else { "degraded" },
-        "database": db_ok,
+        "status": if keys_ok { "ok" } else { "degraded" },
         "ring_version": ring.version,
         "signing_keys": signing,
         "key_transition_failures": state.stats.transition_failures.load(Ordering::Relaxed),
@@ -39,10 +40,37 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         "jwks_requests": state.jwks_requests.load(Ordering::Relaxed),
         "key_load_failures": state.ring.incomplete_loads(),
     });
-    let status = if db_ok && keys_ok {
+    no_store((StatusCode::OK, Json(body)).into_response())
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.readiness.assess().await;
+    let checks: Map<String, Value> = readiness
+        .checks
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                json!({ "ok": c.ok, "detail": c.detail }),
+            )
+        })
+        .collect();
+    let ready = readiness.ready();
+    let body = json!({
+        "status": if ready { "ready" } else { "unready" },
+        "failing": readiness.failing(),
+        "checks": checks,
+    });
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    no_store((status, Json(body)).into_response())
+}
+
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }

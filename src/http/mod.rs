@@ -10,16 +10,33 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod layers;
 pub mod token;
 pub mod userinfo;
 pub mod wellknown;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 
+/// Every route with the layers of [`layers`] and [`cors`] around it
+/// (outermost first: request log, security headers, CORS, request deadline,
+/// body deadline).
 pub fn router(state: AppState) -> Router {
+    routes()
+        .layer(from_fn_with_state(state.clone(), layers::body_deadline))
+        .layer(from_fn_with_state(state.clone(), layers::request_deadline))
+        .layer(from_fn_with_state(state.clone(), cors::cors))
+        .layer(from_fn_with_state(state.clone(), layers::security_headers))
+        .layer(from_fn_with_state(state.clone(), layers::request_log))
+        .with_state(state)
+}
+
+/// The routes. `Router::layer` wraps only routes that exist when it is
+/// called, so every route belongs here, never after the layers in [`router`].
+fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/.well-known/openid-configuration",
@@ -34,6 +51,7 @@ pub fn router(state: AppState) -> Router {
             get(userinfo::userinfo).post(userinfo::userinfo),
         )
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/admin/keys", get(admin::list_keys))
         .route("/admin/keys/schedule", get(admin::schedule))
         .route("/admin/keys/rotate", post(admin::rotate))
@@ -49,9 +67,4 @@ pub fn router(state: AppState) -> Router {
         .route("/account/sessions/{id}", delete(account::end))
         .route("/account/logout", post(account::logout))
         .route("/account/logout-all", post(account::logout_all))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            cors::cors,
-        ))
-        .with_state(state)
 }

@@ -41,7 +41,6 @@ pub async fn userinfo(
     } else {
         bearer(&headers)?
     };
-    let claims = state.sessions.authenticate(&token).await?;
-    let info = state.sessions.userinfo(&claims).await?;
+    let info = state.sessions.userinfo(&token).await?;
     Ok(no_store(Json(info).into_response()))
 }

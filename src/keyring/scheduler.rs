@@ -26,6 +26,25 @@ pub struct SchedulerStats {
     pub consecutive_failures: AtomicU64,
     /// Ring reloads that failed.
     pub reload_failures: AtomicU64,
+    /// When the loop last finished a pass (monotonic time, not the wall
+    /// clock): readiness reports a loop that stopped passing.
+    pub heartbeat: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl SchedulerStats {
+    fn beat(&self) {
+        if let Ok(mut h) = self.heartbeat.lock() {
+            *h = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Time since the last finished pass; `None` before the first one.
+    pub fn since_heartbeat(&self) -> Option<std::time::Duration> {
+        self.heartbeat
+            .lock()
+            .ok()
+            .and_then(|h| h.map(|t| t.elapsed()))
+    }
 }
 
 /// Longest wait between retries of a failing transition.
@@ -69,6 +88,7 @@ pub async fn run(
             stats.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "key ring reload failed; still serving the previous ring");
         }
+        stats.beat();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => {}

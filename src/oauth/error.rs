@@ -44,6 +44,9 @@ pub enum ErrorCode {
     AccessDenied,
     /// The request body exceeds the configured limit. Answered with 413.
     RequestTooLarge,
+    /// The request body did not arrive within the body deadline. Answered
+    /// with 408 and the connection closed.
+    RequestTimeout,
     /// The named resource (a session, a user) does not exist, or is not the
     /// caller's to see. Answered with 404.
     NotFound,
@@ -58,7 +61,9 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::InvalidRequest | Self::RequestTooLarge => "invalid_request",
+            Self::InvalidRequest | Self::RequestTooLarge | Self::RequestTimeout => {
+                "invalid_request"
+            }
             Self::InvalidClient => "invalid_client",
             Self::InvalidGrant => "invalid_grant",
             Self::UnauthorizedClient => "unauthorized_client",

@@ -112,10 +112,7 @@ impl Sessions {
             .access_state(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await
             .map_err(internal)?;
-        Ok(!state.jti_denied
-            && !state.session_dead
-            && !state.user_disabled
-            && claims.iat >= state.not_before)
+        Ok(live(claims, &state))
     }
 
     /// The caller must be a user's token with a session (account endpoints).
@@ -274,8 +271,19 @@ pub struct UserInfo {
 }
 
 impl Sessions {
-    /// The userinfo response for a live access token with `openid`.
-    pub async fn userinfo(&self, claims: &VerifiedAccess) -> Result<UserInfo, Error> {
+    /// Userinfo for a bearer token: verification, every revocation check,
+    /// the profile and the roles, with one database round trip.
+    pub async fn userinfo(&self, token: &str) -> Result<UserInfo, Error> {
+        let claims = verify_access(&self.ring.current(), &self.issuer, token, self.clock.now())
+            .map_err(|e| Error::invalid_token(e.to_string()))?;
+        let (state, user) = self
+            .store
+            .access_state_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
+            .await
+            .map_err(internal)?;
+        if !live(&claims, &state) {
+            return Err(Error::invalid_token("the token has been revoked"));
+        }
         let scope = crate::oauth::Scope::from_stored(&claims.scope);
         if !scope.contains("openid") {
             return Err(Error::new(
@@ -283,14 +291,9 @@ impl Sessions {
                 "userinfo requires the openid scope",
             ));
         }
-        let user = self
-            .store
-            .find_user(&claims.sub)
-            .await
-            .map_err(internal)?
-            .filter(|u| !u.disabled)
+        let (user, roles) = user
+            .filter(|(u, _)| !u.disabled)
             .ok_or_else(|| Error::invalid_token("the token's user no longer exists"))?;
-        let roles = self.store.user_roles(&user.id).await.map_err(internal)?;
         Ok(UserInfo {
             sub: user.id,
             preferred_username: scope.contains("profile").then_some(user.username),
@@ -302,6 +305,14 @@ impl Sessions {
             roles,
         })
     }
+}
+
+/// Whether a verified access token survives every revocation in `state`.
+fn live(claims: &VerifiedAccess, state: &crate::store::AccessState) -> bool {
+    !state.jti_denied
+        && !state.session_dead
+        && !state.user_disabled
+        && claims.iat >= state.not_before
 }
 
 /// Registered client origins, re-read from the database at most every

@@ -86,6 +86,8 @@ pub struct RefreshState {
     pub family: FamilyRow,
     /// `None` if the user row is gone.
     pub user: Option<super::UserRow>,
+    /// The user's roles, sorted (read in the same statement).
+    pub roles: Vec<String>,
 }
 
 /// Whether an access token is still live as far as the database knows.
@@ -139,11 +141,22 @@ impl Store {
 
     /// A refresh token with its session and user, read without taking a lock.
     pub async fn refresh_state(&self, digest: &[u8]) -> Result<Option<RefreshState>> {
+        // One round trip on the hot path: the roles come along as one
+        // space-joined string (role names contain no spaces).
+        let roles = match self.backend {
+            super::Backend::Sqlite => {
+                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
+                 WHERE user_id = f.user_id ORDER BY role))"
+            }
+            super::Backend::Postgres => {
+                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = f.user_id)"
+            }
+        };
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
              t.used_at AS t_used_at, u.id AS u_id, u.username AS u_username, \
              u.password_hash AS u_password_hash, u.email AS u_email, u.disabled AS u_disabled, \
-             u.created_at AS u_created_at \
+             u.created_at AS u_created_at, {roles} AS u_roles \
              FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
         )))
@@ -162,7 +175,17 @@ impl Store {
                 created_at: row.try_get("u_created_at")?,
             }),
         };
+        let roles = row
+            .try_get::<Option<String>, _>("u_roles")?
+            .map(|r| {
+                r.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Some(RefreshState {
+            roles,
             token: TokenState {
                 issued_at: row.try_get("t_issued_at")?,
                 expires_at: row.try_get("t_expires_at")?,
@@ -304,6 +327,68 @@ impl Store {
             user_disabled: row.try_get::<Option<i64>, _>("disabled")?.unwrap_or(0) != 0,
             not_before: row.try_get::<Option<i64>, _>("not_before")?.unwrap_or(0),
         })
+    }
+
+    /// [`Store::access_state`] and the user's profile and roles, in one
+    /// round trip (userinfo).
+    pub async fn access_state_with_user(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<(AccessState, Option<(super::UserRow, Vec<String>)>)> {
+        let roles = match self.backend {
+            super::Backend::Sqlite => {
+                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
+                 WHERE user_id = $3 ORDER BY role))"
+            }
+            super::Backend::Postgres => {
+                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = $3)"
+            }
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT \
+               (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) AS denied, \
+               (SELECT COUNT(*) FROM token_families WHERE id = $2 AND revoked_at IS NULL) AS live, \
+               u.id, u.username, u.password_hash, u.email, u.disabled, u.created_at, \
+               u.tokens_not_before, {roles} AS roles \
+             FROM (SELECT 1 AS one) x LEFT JOIN users u ON u.id = $3"
+        )))
+        .bind(jti)
+        .bind(sid.unwrap_or(""))
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let user = match row.try_get::<Option<String>, _>("id")? {
+            None => None,
+            Some(id) => Some((
+                super::UserRow {
+                    id,
+                    username: row.try_get("username")?,
+                    password_hash: row.try_get("password_hash")?,
+                    email: row.try_get("email")?,
+                    disabled: row.try_get::<i64, _>("disabled")? != 0,
+                    created_at: row.try_get("created_at")?,
+                },
+                row.try_get::<Option<String>, _>("roles")?
+                    .map(|r| {
+                        r.split(' ')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+        };
+        let state = AccessState {
+            jti_denied: row.try_get::<i64, _>("denied")? > 0,
+            session_dead: sid.is_some() && row.try_get::<i64, _>("live")? == 0,
+            user_disabled: user.as_ref().is_some_and(|(u, _)| u.disabled),
+            not_before: row
+                .try_get::<Option<i64>, _>("tokens_not_before")?
+                .unwrap_or(0),
+        };
+        Ok((state, user))
     }
 
     /// The counter bumped by every revocation (see the module docs).

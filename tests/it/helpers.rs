@@ -77,6 +77,8 @@ pub struct Options {
     pub top_toml: String,
     /// Extra lines inside the generated `[keys]` section.
     pub keys_toml: String,
+    /// Extra lines inside the generated `[server]` section.
+    pub server_toml: String,
     /// Extra TOML (other sections, or `[keys.*]` subsections) appended last.
     pub extra_toml: String,
     /// Reuse this port (restart tests keep the issuer stable).
@@ -97,6 +99,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub env_vars: Vec<(String, String)>,
     pub state: AppState,
+    /// Connection and request counters of the running server.
+    pub server_stats: Arc<latchkey::server::ServerStats>,
+    /// Reloads the certificate when the server runs with `[server.tls]`.
+    pub tls: Option<latchkey::server::TlsReloader>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -108,10 +114,11 @@ fn write_config(env: &Env, issuer: &str, options: &Options) -> PathBuf {
         latchkey::secret::random_id().unwrap()
     ));
     let text = format!(
-        "issuer = \"{issuer}\"\nprofile = \"dev\"\n{top}\n[server]\nbind = \"127.0.0.1:0\"\n\n[database]\nurl = \"{db}\"\nmax_connections = 8\n\n[keys]\ndir = \"{keys}\"\nreload_interval_secs = 1\n{keys_extra}\n{extra}\n",
+        "issuer = \"{issuer}\"\nprofile = \"dev\"\n{top}\n[server]\nbind = \"127.0.0.1:0\"\n{server_extra}\n\n[database]\nurl = \"{db}\"\nmax_connections = 8\n\n[keys]\ndir = \"{keys}\"\nreload_interval_secs = 1\n{keys_extra}\n{extra}\n",
         db = env.database_url,
         keys = env.path().join("keys").display(),
         keys_extra = options.keys_toml,
+        server_extra = options.server_toml,
         top = options.top_toml,
         extra = options.extra_toml,
     );
@@ -143,7 +150,10 @@ impl TestApp {
         let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = AppState::build(config, clock).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(state.clone().serve(listener, async {
+        let server = latchkey::server::Server::new(state.clone(), listener).unwrap();
+        let server_stats = server.stats();
+        let tls = server.tls_reloader();
+        let handle = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Self {
@@ -154,6 +164,8 @@ impl TestApp {
             http: reqwest::Client::builder().build().unwrap(),
             env_vars: options.env.clone(),
             state,
+            server_stats,
+            tls,
             shutdown: Some(tx),
             handle: Some(handle),
         }

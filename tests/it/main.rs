@@ -34,3 +34,9 @@ mod verifier;
 mod kms;
 // The load driver (examples/load.rs) against a real server: scenarios, bad tokens, errors.
 mod load;
+// Connection limits, timeouts, load shedding, security headers, request ids, readiness.
+mod hardening;
+// HTTPS with rustls: a test CA, certificate reload by call and by file polling.
+mod tls;
+// Graceful shutdown under load, a rolling restart, the binary's signals and JSON logs.
+mod shutdown;

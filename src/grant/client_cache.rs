@@ -1,0 +1,59 @@
+//! A short-lived in-memory copy of client registrations, so that a token
+//! request does not read the client's row every time (it was most of the
+//! non-cryptographic cost of `client_credentials`).
+//!
+//! Freshness: an entry is used for at most `clients_cache_millis` (default
+//! 1 s; 0 turns the cache off). A client registered or changed by the CLI or
+//! another replica is therefore honoured within that time; unknown client ids
+//! are never cached, so a new client works at once. The cache is bounded: when
+//! full it is emptied rather than grown.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::{ClientRow, Store, StoreError};
+
+/// Most entries kept before the cache is emptied.
+const MAX_ENTRIES: usize = 10_000;
+
+pub struct ClientCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, ClientRow)>>,
+}
+
+impl ClientCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        store: &Store,
+        client_id: &str,
+    ) -> Result<Option<ClientRow>, StoreError> {
+        if !self.ttl.is_zero()
+            && let Ok(map) = self.entries.lock()
+            && let Some((at, row)) = map.get(client_id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(row.clone()));
+        }
+        let row = store.find_client(client_id).await?;
+        if !self.ttl.is_zero()
+            && let Some(r) = &row
+            && let Ok(mut map) = self.entries.lock()
+        {
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+            map.insert(client_id.to_string(), (Instant::now(), r.clone()));
+        }
+        Ok(row)
+    }
+}

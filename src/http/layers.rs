@@ -1,0 +1,260 @@
+//! Layers every request passes through, outermost first: the request log
+//! (with its request id), security headers, the per-request deadline, and the
+//! body-read deadline.
+//!
+//! They are applied with `Router::layer`, so each runs after routing and sees
+//! the matched route (the log names the route template, never the raw URL: a
+//! query string can carry a secret). Connection-level limits (header-read
+//! timeout, connection limit, TLS) belong to `crate::server`.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
+use tracing::Instrument as _;
+
+use super::error::ApiError;
+use super::extract::client_ip;
+use crate::app::AppState;
+use crate::oauth::{Error, ErrorCode};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// An incoming `X-Request-Id` longer than this is replaced by our own.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// The CSP of HTML answers: nothing loads but the page's own styles, forms
+/// post only back to latchkey, and no one may frame it.
+pub const HTML_CSP: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// Everything else (JSON) needs no content at all.
+pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+pub const HSTS: &str = "max-age=31536000";
+
+/// A caller's request id, if it is short and printable (it is logged and
+/// echoed, so it must not smuggle control characters or log-line noise).
+fn accepted_request_id(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= MAX_REQUEST_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(s)
+}
+
+fn new_request_id() -> String {
+    crate::secret::random_id().unwrap_or_else(|_| {
+        // Randomness failing is near impossible; an id must still exist.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        format!("local-{}", FALLBACK.fetch_add(1, Ordering::Relaxed))
+    })
+}
+
+/// One log line per request: request id, client IP, method, route, status,
+/// latency. The id is echoed in `X-Request-Id` and set on the span, so any
+/// line a handler logs carries it too.
+pub async fn request_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(accepted_request_id)
+        .map_or_else(new_request_id, str::to_string);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| {
+            client_ip(
+                c.0.ip(),
+                req.headers(),
+                &state.config.server.trusted_proxies,
+            )
+        });
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let latency = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            target: "latchkey::request",
+            request_id = %id,
+            client_ip = ip.map(|i| i.to_string()).as_deref().unwrap_or("-"),
+            method = %method,
+            route = %route,
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    response
+}
+
+/// Headers on every answer, errors included.
+pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let private = ["/admin", "/account"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')));
+    let mut response = next.run(req).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(if html { HTML_CSP } else { API_CSP }),
+    );
+    if state.config.server.tls.is_some() {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
+    if private {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A request not answered within `server.request_timeout_secs` gets 503
+/// `temporarily_unavailable`; the handler's future is dropped.
+pub async fn request_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_secs = limit.as_secs(), "request deadline exceeded");
+            ApiError::from(Error::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the request was not completed in time",
+            ))
+            .into_response()
+        }
+    }
+}
+
+/// The body must be complete within `server.body_read_timeout_secs` of the
+/// headers; readers then fail with [`BodyTimeout`] (answered 408).
+pub async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.server.body_read_timeout;
+    let req = req.map(|body| {
+        if http_body::Body::is_end_stream(&body) {
+            body
+        } else {
+            Body::new(DeadlineBody::new(body, limit))
+        }
+    });
+    next.run(req).await
+}
+
+/// The error a body read returns past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within the deadline")]
+pub struct BodyTimeout;
+
+/// Whether a body-read error (anywhere in its source chain) is [`BodyTimeout`].
+pub fn is_body_timeout(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTimeout>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_must_be_short_and_printable() {
+        let ok = HeaderValue::from_static("abc-123_XYZ.4");
+        assert_eq!(accepted_request_id(&ok), Some("abc-123_XYZ.4"));
+        let long = HeaderValue::from_str(&"a".repeat(65)).unwrap();
+        assert_eq!(accepted_request_id(&long), None);
+        let spaced = HeaderValue::from_static("a b");
+        assert_eq!(accepted_request_id(&spaced), None);
+        let empty = HeaderValue::from_static("");
+        assert_eq!(accepted_request_id(&empty), None);
+    }
+
+    #[test]
+    fn body_timeouts_are_found_through_wrappers() {
+        let inner: axum::BoxError = Box::new(BodyTimeout);
+        let wrapped = axum::Error::new(inner);
+        assert!(is_body_timeout(&wrapped));
+        let other = axum::Error::new(std::io::Error::other("reset"));
+        assert!(!is_body_timeout(&other));
+    }
+}
