@@ -33,6 +33,8 @@ mod lifecycle;
 mod verifier;
 // The AWS KMS provider against the emulator: envelope, native, an outage.
 mod kms;
+// The load driver (examples/load.rs) against a real server: scenarios, bad tokens, errors.
+mod load;
 // Connection limits, timeouts, load shedding, security headers, request ids, readiness.
 mod hardening;
 // HTTPS with rustls: a test CA, certificate reload by call and by file polling.
