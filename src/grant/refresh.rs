@@ -18,6 +18,7 @@
 
 use super::issue::{UserIssue, issue_for_user};
 use super::{AuthenticatedClient, TokenService, internal, scope_policy};
+use crate::audit::EventType;
 use crate::oauth::request::{MAX_REFRESH_TOKEN_LEN, Password};
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{Error, RequestContext, Scope};
@@ -99,6 +100,16 @@ pub async fn grant(
             family_id: family.id.clone(),
             now,
             successor_expires_at,
+            // Written in the rotation's own transaction: no second write.
+            event: Some(
+                svc.audit
+                    .event(EventType::TokenRefresh)
+                    .client(&client.row.client_id)
+                    .user(&family.user_id)
+                    .session(&family.id)
+                    .context(ctx)
+                    .message("refresh token rotated"),
+            ),
         })
         .await
         .map_err(internal)?;
@@ -183,6 +194,14 @@ async fn reuse(svc: &TokenService, client: &AuthenticatedClient, state: &Refresh
         ),
         Err(e) => return internal(e),
     }
+    let event = svc
+        .audit
+        .event(EventType::RefreshReuse)
+        .client(&client.row.client_id)
+        .user(&state.family.user_id)
+        .session(&state.family.id)
+        .message("a consumed refresh token was presented again: session revoked");
+    svc.audit.record(event).await;
     invalid()
 }
 

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::extract::Bearer;
+use super::extract::{Bearer, ClientMeta};
 use super::token::{no_store, refresh_cookie};
 use crate::app::AppState;
 use crate::oauth::{Error, ErrorCode};
@@ -18,20 +18,24 @@ const MAX_SESSION_ID_LEN: usize = 64;
 
 pub async fn list(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     Bearer(claims): Bearer,
 ) -> Result<Response, ApiError> {
+    state.sessions.admit(&ctx, &claims).await?;
     let sessions = state.sessions.list_own(&claims).await?;
     Ok(no_store(Json(sessions).into_response()))
 }
 
 pub async fn end(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     Bearer(claims): Bearer,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if id.len() > MAX_SESSION_ID_LEN {
         return Err(Error::new(ErrorCode::NotFound, "no such session").into());
     }
+    state.sessions.admit(&ctx, &claims).await?;
     state.sessions.end_own(&claims, &id).await?;
     Ok(no_store(StatusCode::NO_CONTENT.into_response()))
 }
@@ -45,16 +49,20 @@ fn clearing_cookie(mut r: Response) -> Response {
 
 pub async fn logout(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     Bearer(claims): Bearer,
 ) -> Result<Response, ApiError> {
+    state.sessions.admit(&ctx, &claims).await?;
     state.sessions.logout(&claims).await?;
     Ok(clearing_cookie(StatusCode::NO_CONTENT.into_response()))
 }
 
 pub async fn logout_all(
     State(state): State<AppState>,
+    ClientMeta(ctx): ClientMeta,
     Bearer(claims): Bearer,
 ) -> Result<Response, ApiError> {
+    state.sessions.admit(&ctx, &claims).await?;
     let ended = state.sessions.logout_all(&claims).await?;
     Ok(clearing_cookie(
         Json(serde_json::json!({ "sessions_ended": ended })).into_response(),

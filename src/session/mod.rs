@@ -22,6 +22,7 @@ use serde::Serialize;
 
 pub use device::device_label;
 
+use crate::audit::{Event, EventType};
 use crate::clock::{SharedClock, UnixTime};
 use crate::grant::{TokenService, internal};
 use crate::keyring::KeyRing;
@@ -115,6 +116,37 @@ impl Sessions {
         Ok(live(claims, &state))
     }
 
+    /// The account endpoints' rate limit, per address and per client.
+    pub async fn admit(
+        &self,
+        ctx: &crate::oauth::RequestContext,
+        claims: &VerifiedAccess,
+    ) -> Result<(), Error> {
+        self.tokens
+            .limits()
+            .check(
+                crate::limits::Endpoint::Account,
+                ctx,
+                Some(&claims.client_id),
+                None,
+            )
+            .await
+    }
+
+    /// A security event about the caller's own sessions.
+    async fn record(&self, kind: EventType, claims: &VerifiedAccess, sid: Option<&str>, msg: &str) {
+        let event = self
+            .tokens
+            .audit
+            .event(kind)
+            .actor(format!("user:{}", claims.sub))
+            .user(&claims.sub)
+            .client(&claims.client_id)
+            .session(sid.unwrap_or(""))
+            .message(msg);
+        self.tokens.audit.record(event).await;
+    }
+
     /// The caller must be a user's token with a session (account endpoints).
     fn user_session(claims: &VerifiedAccess) -> Result<&str, Error> {
         claims.sid.as_deref().ok_or_else(|| {
@@ -150,6 +182,13 @@ impl Sessions {
                     .await
                     .map_err(internal)?;
                 tracing::info!(user_id = %claims.sub, session = %id, "session ended by its user");
+                self.record(
+                    EventType::FamilyRevoked,
+                    claims,
+                    Some(id),
+                    "session ended by its user",
+                )
+                .await;
                 Ok(())
             }
             _ => Err(no_session()),
@@ -165,6 +204,8 @@ impl Sessions {
             .await
             .map_err(internal)?;
         tracing::info!(user_id = %claims.sub, session = %sid, "logout");
+        self.record(EventType::Logout, claims, Some(sid), "logout")
+            .await;
         Ok(())
     }
 
@@ -179,6 +220,13 @@ impl Sessions {
             .await
             .map_err(internal)?;
         tracing::info!(user_id = %claims.sub, sessions = n, "logout from every device");
+        self.record(
+            EventType::LogoutAll,
+            claims,
+            None,
+            &format!("{n} sessions ended"),
+        )
+        .await;
         Ok(n)
     }
 
@@ -230,6 +278,15 @@ pub async fn revoke_by_id(
         return Err(no_session());
     }
     tracing::info!(actor, session = %id, "session revoked by an admin");
+    let event = Event::new(EventType::FamilyRevoked, now)
+        .actor(actor)
+        .session(id)
+        .subject(id)
+        .message("revoked by an admin");
+    event.emit();
+    if let Err(e) = store.append_event(&event).await {
+        tracing::error!(error = %e, "cannot record the revocation");
+    }
     Ok(())
 }
 
@@ -246,6 +303,15 @@ pub async fn revoke_for_user(
         .await
         .map_err(internal)?;
     tracing::info!(actor, user_id = %user, sessions = n, "sessions revoked by an admin");
+    let event = Event::new(EventType::FamilyRevoked, now)
+        .actor(actor)
+        .user(&user)
+        .subject(username)
+        .message(format!("{n} sessions revoked by an admin"));
+    event.emit();
+    if let Err(e) = store.append_event(&event).await {
+        tracing::error!(error = %e, "cannot record the revocation");
+    }
     Ok(n)
 }
 

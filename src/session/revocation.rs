@@ -7,6 +7,7 @@
 //! (`clients create --introspect`).
 
 use super::Sessions;
+use crate::audit::EventType;
 use crate::grant::{AuthenticatedClient, internal};
 use crate::limits::Endpoint;
 use crate::oauth::request::TokenParam;
@@ -44,6 +45,16 @@ impl Sessions {
                     .await
                     .map_err(internal)?;
                 tracing::info!(client_id = %client.row.client_id, family = %state.family.id, "refresh token revoked");
+                let event = self
+                    .tokens
+                    .audit
+                    .event(EventType::TokenRevoked)
+                    .client(&client.row.client_id)
+                    .user(&state.family.user_id)
+                    .session(&state.family.id)
+                    .message("refresh token revoked: session ended")
+                    .detail(serde_json::json!({ "token_type": "refresh_token" }));
+                self.tokens.audit.record(event).await;
             }
             return Ok(());
         }
@@ -55,6 +66,17 @@ impl Sessions {
                 .await
                 .map_err(internal)?;
             tracing::info!(client_id = %client.row.client_id, jti = %claims.jti, "access token revoked");
+            let event = self
+                .tokens
+                .audit
+                .event(EventType::TokenRevoked)
+                .client(&client.row.client_id)
+                .user(&claims.sub)
+                .session(claims.sid.as_deref().unwrap_or(""))
+                .subject(&claims.jti)
+                .message("access token denied until it expires")
+                .detail(serde_json::json!({ "token_type": "access_token", "jti": claims.jti }));
+            self.tokens.audit.record(event).await;
         }
         Ok(())
     }

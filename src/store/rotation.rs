@@ -40,6 +40,8 @@ pub struct Rotation {
     pub now: UnixTime,
     /// Idle expiry of the successor.
     pub successor_expires_at: UnixTime,
+    /// An audit event written in the same transaction when the rotation applies.
+    pub event: Option<crate::audit::Event>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,12 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    // The event's log line follows its committed row.
+                    if outcome == RotateOutcome::Rotated
+                        && let Some(event) = &job.rotation.event
+                    {
+                        event.emit();
+                    }
                     let _ = job.reply.send(Ok(outcome));
                 }
             }
@@ -173,6 +181,9 @@ async fn apply_one(tx: &mut Transaction<'static, Any>, r: &Rotation) -> Result<R
         .bind(&r.family_id)
         .execute(&mut **tx)
         .await?;
+    if let Some(event) = &r.event {
+        super::audit::insert(tx, event).await?;
+    }
     Ok(RotateOutcome::Rotated)
 }
 

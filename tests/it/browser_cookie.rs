@@ -95,11 +95,17 @@ async fn a_browser_refreshes_through_the_cookie_and_script_never_sees_it() {
     assert!(out.get("error").is_none(), "{out}");
     assert_eq!(out["login_status"], 200, "{out}");
     assert_eq!(out["login_has_refresh"], false, "{out}");
-    assert_eq!(out["refresh_status"], 200, "the browser sent the cookie: {out}");
+    assert_eq!(
+        out["refresh_status"], 200,
+        "the browser sent the cookie: {out}"
+    );
     assert_eq!(out["refresh_has_refresh"], false, "{out}");
     assert_eq!(out["new_access"], true, "{out}");
     assert_eq!(out["logout_status"], 204, "{out}");
-    assert_eq!(out["after_logout_status"], 400, "logout cleared the cookie: {out}");
+    assert_eq!(
+        out["after_logout_status"], 400,
+        "logout cleared the cookie: {out}"
+    );
     for k in ["cookie_after_login", "cookie_at_end"] {
         assert!(
             !out[k].as_str().unwrap().contains("latchkey-refresh"),

@@ -25,6 +25,8 @@ mod resource;
 mod sessions;
 // Browser clients: the refresh token only in an HttpOnly cookie, CORS by registered origin.
 mod cookie;
+// Cookie mode in headless Chromium: refresh through the HttpOnly cookie, script cannot read it.
+mod browser_cookie;
 // Key ring operations from the CLI while a server runs; restarts.
 mod keys;
 // Scheduled lifecycle across replicas, downtime catch-up, the admin API.
