@@ -127,6 +127,11 @@ impl AppState {
         );
         let metrics = Metrics::new();
         let limits = Limits::new(config.rate_limit.clone()).await;
+        let limits_for_readiness = limits.clone();
+        limits.observe_with(
+            metrics.clone(),
+            Audit::new(services.store.clone(), clock.clone()),
+        );
         let lockout = Lockout::new(
             config.lockout.clone(),
             limits.clone(),
@@ -163,12 +168,15 @@ impl AppState {
         );
         let discovery_json = axum::body::Bytes::from(serde_json::to_vec(&discovery)?);
         let stats = Arc::new(SchedulerStats::default());
-        let readiness = Arc::new(Probe::new(
-            services.store.clone(),
-            ring.clone(),
-            stats.clone(),
-            std::time::Duration::from_secs(config.keys.reload_interval.as_u64()),
-        ));
+        let readiness = Arc::new(
+            Probe::new(
+                services.store.clone(),
+                ring.clone(),
+                stats.clone(),
+                std::time::Duration::from_secs(config.keys.reload_interval.as_u64()),
+            )
+            .with_limits(limits_for_readiness),
+        );
         let audit = Audit::new(services.store.clone(), clock.clone());
         Ok(Self {
             audit,

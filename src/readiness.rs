@@ -68,6 +68,8 @@ pub struct Probe {
     /// on a slow KMS. Past this without a pass the loop counts as stuck.
     scheduler_stale_after: Duration,
     database: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The rate limiter, for its shared (Redis) backend's reachability.
+    limits: Option<crate::limits::Limits>,
 }
 
 impl Probe {
@@ -83,7 +85,14 @@ impl Probe {
             scheduler,
             scheduler_stale_after: (reload_interval * 5).max(Duration::from_secs(30)),
             database: Mutex::new(None),
+            limits: None,
         }
+    }
+
+    /// Also report whether the shared rate-limit backend answers.
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     pub async fn assess(&self) -> Readiness {
@@ -131,6 +140,19 @@ impl Probe {
                     health.clock_skew_secs,
                     health.refusals
                 ),
+            );
+        }
+        // With the Redis backend configured, a replica that cannot reach it
+        // enforces only its own share of every limit: serving, but not ready.
+        if let Some(healthy) = self.limits.as_ref().and_then(|l| l.redis_healthy()) {
+            r.check(
+                "rate_limit_redis",
+                healthy,
+                if healthy {
+                    "reachable"
+                } else {
+                    "unreachable: limits are enforced per replica"
+                },
             );
         }
         match self.scheduler.since_heartbeat() {

@@ -189,6 +189,11 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
+    /// Logins waiting for an argon2 slot right now (the queue depth metric).
+    pub fn hash_queue_depth(&self) -> usize {
+        self.pool.waiting.load(Ordering::Relaxed)
+    }
+
     pub fn new(pepper: Secret, hashing: &HashingConfig) -> Result<Self, SecretError> {
         let client_key = hmac_sha256(pepper.expose(), b"latchkey client-secret v1")?;
         let successor_key = hmac_sha256(pepper.expose(), b"latchkey refresh-successor v1")?;

@@ -65,6 +65,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         }
     };
     let (pool_size, pool_idle) = state.store.pool_usage();
+    state
+        .metrics
+        .set_argon2_queue_depth(state.tokens.secrets.hash_queue_depth());
     let stats = &state.stats;
     state.metrics.observe(&Observed {
         now,

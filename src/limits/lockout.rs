@@ -90,6 +90,18 @@ impl Lockout {
             let until = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
             self.store.lock_user(&user.id, until).await?;
             tracing::warn!(user_id = %user.id, failures = count, delay_secs = delay, "account locked");
+            if let Some(o) = self.limits.observer() {
+                o.metrics.lockout();
+                let event = o
+                    .audit
+                    .event(crate::audit::EventType::Lockout)
+                    .user(&user.id)
+                    .subject(&user.username)
+                    .context(ctx)
+                    .message(format!("locked for {delay} s after {count} failures"))
+                    .detail(serde_json::json!({ "failures": count, "delay_secs": delay, "until": until }));
+                o.audit.record(event).await;
+            }
         }
         Ok(())
     }

@@ -64,6 +64,15 @@ pub struct Limits {
     cfg: Arc<RateLimitConfig>,
     memory: Arc<memory::MemoryGcra>,
     redis: Option<Arc<redis::RedisGcra>>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
+    /// When a refusal was last written to the audit log, per endpoint and address.
+    audited: Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>>,
+}
+
+/// The metrics and audit log refusals and lockouts are reported to.
+pub(crate) struct Observer {
+    pub metrics: crate::metrics::Metrics,
+    pub audit: crate::audit::Audit,
 }
 
 impl std::fmt::Debug for Limits {
@@ -112,6 +121,8 @@ impl Limits {
             cfg: Arc::new(cfg),
             memory: Arc::new(memory::MemoryGcra::new()),
             redis,
+            observer: Arc::default(),
+            audited: Arc::default(),
         }
     }
 
@@ -166,9 +177,59 @@ impl Limits {
             None => Ok(()),
             Some(wait) => {
                 tracing::info!(endpoint = name, retry_after_ms = %wait.as_millis(), "rate limited");
+                self.observe_refusal(name, ctx, client_id).await;
                 Err(Error::rate_limited(retry_secs(wait)))
             }
         }
+    }
+
+    /// Count a refusal, and record it as an audit event at most once a
+    /// minute per endpoint and address: a flood must not turn into a flood of
+    /// database writes.
+    async fn observe_refusal(&self, endpoint: &str, ctx: &RequestContext, client_id: Option<&str>) {
+        let Some(o) = self.observer.get() else { return };
+        o.metrics.rate_limited(endpoint);
+        let key = format!(
+            "{endpoint}:{}",
+            ctx.ip
+                .map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+        );
+        let now = tokio::time::Instant::now();
+        let fresh = match self.audited.lock() {
+            Ok(mut seen) => {
+                if seen.len() > 10_000 {
+                    seen.clear();
+                }
+                match seen.get(&key) {
+                    Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+                    _ => {
+                        seen.insert(key, now);
+                        true
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if fresh {
+            let event = o
+                .audit
+                .event(crate::audit::EventType::RateLimited)
+                .client(client_id.unwrap_or(""))
+                .context(ctx)
+                .message(format!("rate limited at {endpoint}"))
+                .detail(serde_json::json!({ "endpoint": endpoint }));
+            o.audit.record(event).await;
+        }
+    }
+
+    /// Where refusals and lockouts are counted and recorded (set once at
+    /// assembly; a limiter without one only limits).
+    pub fn observe_with(&self, metrics: crate::metrics::Metrics, audit: crate::audit::Audit) {
+        let _ = self.observer.set(Observer { metrics, audit });
+    }
+
+    pub(crate) fn observer(&self) -> Option<&Observer> {
+        self.observer.get()
     }
 
     /// Test and, when all allow, consume one request from every key: `None`

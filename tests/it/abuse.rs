@@ -676,6 +676,11 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
         assert_eq!(h["rate_limit"]["backend"], "redis");
         assert_eq!(h["rate_limit"]["redis_reachable"], false);
         assert_eq!(h["rate_limit"]["shared"], false);
+        // Readiness says so too: serving, but not with the shared limit.
+        let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["checks"]["rate_limit_redis"]["ok"], false, "{body}");
     }
     // Other endpoints are untouched by the outage.
     assert_eq!(
@@ -701,6 +706,16 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "the servers did not reconnect to Redis");
+    let body: Value = a
+        .http
+        .get(a.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["checks"]["rate_limit_redis"]["ok"], true, "{body}");
     // Shared again (the restarted Redis is empty): 3 in total across both.
     for app in [&a, &b, &a] {
         assert_eq!(cc_from(app, &secret, "192.0.2.201").await.status(), 200);
