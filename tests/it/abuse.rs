@@ -88,6 +88,11 @@ async fn per_address_limit_answers_429_while_another_address_gets_through() {
         assert_eq!(cc_from(&app, &secret, "203.0.113.7").await.status(), 200);
     }
     assert_rate_limited(cc_from(&app, &secret, "203.0.113.7").await, 60).await;
+    assert_rate_limited(cc_from(&app, &secret, "203.0.113.7").await, 60).await;
+    // Each refusal is counted; the audit log gets one event per address and
+    // minute, however many refusals there are.
+    assert_eq!(audit_types(&app, "rate_limit.triggered").await, 1);
+    assert!(metric(&app, "latchkey_rate_limit_rejections_total").await >= 2.0);
     // Another address behind the same proxy is its own key.
     assert_eq!(cc_from(&app, &secret, "203.0.113.8").await.status(), 200);
     // Bad client credentials count against the address too (checked first).
@@ -202,6 +207,9 @@ async fn lockout_after_n_failures_answers_like_an_unknown_user_until_unlocked() 
     let bob = &users.as_array().unwrap()[0];
     assert_eq!(bob["failed_logins"], 3);
     assert!(bob["locked_until"].as_i64().unwrap() > app.state.clock.now() + 50);
+    // The lockout is an audit event and a counted metric.
+    assert_eq!(audit_types(&app, "account.locked").await, 1);
+    assert_eq!(metric(&app, "latchkey_account_lockouts_total").await, 1.0);
 
     // The operator unlocks from the CLI.
     let out = app.cli(&["users", "unlock", "bob"], None).await;
@@ -560,6 +568,41 @@ fn redis_options(url: &str, prefix: &str, burst: u64) -> Options {
         "[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n\
          [rate_limit.token]\nper_ip = {{ rate = 1, per_secs = 60, burst = {burst} }}\n"
     ))
+}
+
+/// How many audit events of one type the CLI lists.
+async fn audit_types(app: &TestApp, kind: &str) -> usize {
+    let out = app
+        .cli_ok(&["audit", "list", "--type", kind, "--json"], None)
+        .await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["events"].as_array().unwrap().len()
+}
+
+/// The sum of every sample of one metric family on `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 async fn health(app: &TestApp) -> Value {
