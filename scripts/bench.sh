@@ -162,6 +162,9 @@ run_backend() {
         "LATCHKEY_SERVER__BIND=127.0.0.1:$port"
         "LATCHKEY_DATABASE__URL=$db_url"
         "LATCHKEY_KEYS__DIR=$dir/keys"
+        # One driver address sends every request: the per-address limits
+        # (200/s by default) would measure the limiter, not latchkey.
+        "LATCHKEY_RATE_LIMIT__ENABLED=false"
     )
     lk() { env "${env[@]}" "$BIN" --config "$ROOT/config/latchkey.toml" "$@"; }
     log "$name: set-up through the CLI"
