@@ -127,10 +127,15 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(if html { HTML_CSP } else { API_CSP }),
-    );
+    // A page that set its own policy keeps it: the sign-in pages must allow
+    // the redirect to a client's registered URI after a form post, which
+    // `form-action 'self'` would block.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(if html { HTML_CSP } else { API_CSP }),
+        );
+    }
     if state.config.server.tls.is_some() {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,

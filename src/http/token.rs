@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::extract::{ClientMeta, cookie, form_body};
 use crate::app::AppState;
-use crate::audit::EventType;
 use crate::oauth::Error;
 use crate::oauth::request::{parse_token_param, parse_token_request};
 
@@ -104,12 +103,5 @@ pub async fn introspect(
     let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
     let (auth, param) = parse_token_param(&body, authorization(&headers)?)?;
     let out = state.sessions.introspect(&auth, param, &ctx).await?;
-    if !out.active {
-        let event = state.audit.event(EventType::IntrospectInactive);
-        state
-            .audit
-            .record(event.client(auth.client_id()).context(&ctx))
-            .await;
-    }
     Ok(no_store(Json(out).into_response()))
 }

@@ -98,7 +98,7 @@ impl Sessions {
             ));
         }
         let Some(token) = param.token else {
-            return Ok(Introspection::default());
+            return Ok(self.inactive(&client, ctx).await);
         };
         let token = token.expose();
         let now = self.clock.now();
@@ -117,7 +117,7 @@ impl Sessions {
                 && f.expires_at > now
                 && user_ok;
             if !active || !may_see(&f.client_id) {
-                return Ok(inactive(&client));
+                return Ok(self.inactive(&client, ctx).await);
             }
             return Ok(Introspection {
                 active: true,
@@ -133,10 +133,10 @@ impl Sessions {
             });
         }
         let Ok(claims) = verify_access(&self.ring.current(), &self.issuer, token, now) else {
-            return Ok(inactive(&client));
+            return Ok(self.inactive(&client, ctx).await);
         };
         if !may_see(&claims.client_id) || !self.is_live(&claims).await? {
-            return Ok(inactive(&client));
+            return Ok(self.inactive(&client, ctx).await);
         }
         Ok(Introspection {
             active: true,
@@ -154,7 +154,18 @@ impl Sessions {
     }
 }
 
-fn inactive(client: &AuthenticatedClient) -> Introspection {
-    tracing::debug!(client_id = %client.row.client_id, "introspection: inactive token");
-    Introspection::default()
+impl Sessions {
+    /// RFC 7662 §2.2: an inactive token is only `{"active": false}`; the
+    /// answer is recorded (a client probing tokens shows up in the audit log).
+    async fn inactive(&self, client: &AuthenticatedClient, ctx: &RequestContext) -> Introspection {
+        tracing::debug!(client_id = %client.row.client_id, "introspection: inactive token");
+        let event = self
+            .tokens
+            .audit
+            .event(EventType::IntrospectInactive)
+            .client(&client.row.client_id)
+            .context(ctx);
+        self.tokens.audit.record(event).await;
+        Introspection::default()
+    }
 }

@@ -299,7 +299,7 @@ async fn the_lock_delay_doubles_and_the_admin_api_unlocks() {
     assert_eq!(r.status(), 400);
     let events = app
         .cli(
-            &["events", "list", "--action", "user.unlock", "--json"],
+            &["events", "list", "--action", "account.unlocked", "--json"],
             None,
         )
         .await;

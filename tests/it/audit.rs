@@ -5,10 +5,12 @@ use crate::helpers::{PASSWORD, TestApp};
 
 async fn admin_token(app: &TestApp) -> String {
     app.create_user("root", PASSWORD, &["admin"]).await;
+    // The admin API needs the latchkey:admin scope, which only an --admin
+    // client can obtain.
     let secret = app
-        .create_client("ops", "password", "openid", "ES256")
+        .create_admin_client("ops", "password", "openid", "ES256")
         .await;
-    app.login(("ops", &secret), "root", PASSWORD, "openid")
+    app.login(("ops", &secret), "root", PASSWORD, "openid latchkey:admin")
         .await["access_token"]
         .as_str()
         .unwrap()

@@ -321,6 +321,18 @@ async fn fill_and_submit(b: &Browser, user: &str, password: &str) {
         .unwrap();
 }
 
+/// Wait (bounded) until the browser shows `expected`, then assert it: a
+/// click returns before a cross-origin redirect chain has finished loading.
+async fn wait_path(b: &Browser, expected: &str) {
+    for _ in 0..100 {
+        if path_of(b).await == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(path_of(b).await, expected);
+}
+
 async fn path_of(b: &Browser) -> String {
     let url = b.client.current_url().await.unwrap();
     format!("{}{}", url.origin().ascii_serialization(), url.path())
@@ -346,7 +358,7 @@ async fn browser_signs_in_then_single_sign_on_and_consent() {
         .click()
         .await
         .unwrap();
-    assert_eq!(path_of(&b).await, app.url("/authorize"));
+    wait_path(&b, &app.url("/authorize")).await;
     assert_eq!(text_of(&b, "h1").await, "Sign in");
     assert!(text_of(&b, "main").await.contains("demo-one"));
     // The labels name their fields, and the username field has the focus.
@@ -365,7 +377,7 @@ async fn browser_signs_in_then_single_sign_on_and_consent() {
 
     // A wrong password: the generic error, still on latchkey's page.
     fill_and_submit(&b, "alice", "not the password").await;
-    assert_eq!(path_of(&b).await, app.url("/authorize/login"));
+    wait_path(&b, &app.url("/authorize/login")).await;
     assert_eq!(
         text_of(&b, "[role=alert]").await,
         "Invalid username or password."
@@ -380,7 +392,7 @@ async fn browser_signs_in_then_single_sign_on_and_consent() {
 
     // The right password: back at the app with a code.
     fill_and_submit(&b, "alice", PASSWORD).await;
-    assert_eq!(path_of(&b).await, format!("{}/cb", first.base));
+    wait_path(&b, &format!("{}/cb", first.base)).await;
     assert!(first.last_param("code").is_some_and(|c| c.len() >= 43));
     assert_eq!(first.last_param("state").as_deref(), Some("st-123"));
     assert_eq!(
@@ -393,7 +405,7 @@ async fn browser_signs_in_then_single_sign_on_and_consent() {
         .goto(&format!("{}/login", second.base))
         .await
         .unwrap();
-    assert_eq!(path_of(&b).await, format!("{}/cb", second.base));
+    wait_path(&b, &format!("{}/cb", second.base)).await;
     assert!(second.last_param("code").is_some());
     assert_eq!(second.received.lock().unwrap().len(), 1);
 
@@ -412,7 +424,7 @@ async fn browser_signs_in_then_single_sign_on_and_consent() {
         .click()
         .await
         .unwrap();
-    assert_eq!(path_of(&b).await, format!("{}/cb", third.base));
+    wait_path(&b, &format!("{}/cb", third.base)).await;
     assert!(third.last_param("code").is_some());
     assert_eq!(third.client_id, "partner");
     b.close().await;
@@ -432,7 +444,7 @@ async fn browser_prompt_none_without_session_and_forged_post() {
         .goto(&format!("{}/login?prompt=none", rp.base))
         .await
         .unwrap();
-    assert_eq!(path_of(&b).await, format!("{}/cb", rp.base));
+    wait_path(&b, &format!("{}/cb", rp.base)).await;
     assert_eq!(rp.last_param("error").as_deref(), Some("login_required"));
     assert_eq!(rp.last_param("state").as_deref(), Some("st-123"));
     assert!(rp.last_param("code").is_none());
@@ -446,7 +458,7 @@ async fn browser_prompt_none_without_session_and_forged_post() {
         .click()
         .await
         .unwrap();
-    assert_eq!(path_of(&b).await, app.url("/authorize/login"));
+    wait_path(&b, &app.url("/authorize/login")).await;
     let main = text_of(&b, "main").await;
     assert!(main.contains("access_denied"), "{main}");
     b.screenshot("forged-post-refused").await;

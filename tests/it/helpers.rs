@@ -91,6 +91,17 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
+impl Options {
+    /// A server without rate limits, for tests that drive load from one
+    /// address (the per-address and per-username limits would refuse it).
+    pub fn unlimited() -> Self {
+        Self {
+            env: vec![("LATCHKEY_RATE_LIMIT__ENABLED".into(), "false".into())],
+            ..Default::default()
+        }
+    }
+}
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub issuer: String,

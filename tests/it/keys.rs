@@ -565,8 +565,13 @@ async fn a_fallback_past_its_deadline_refuses_to_sign() {
         r.json::<Value>().await.unwrap()["error"],
         "temporarily_unavailable"
     );
+    // Alive (liveness is not readiness), but not ready for traffic.
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["key_ring"]["ok"], false, "{ready}");
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
+    assert_eq!(health.status(), 200);
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["key_ring"]["ready"], false, "{health}");
     assert!(

@@ -570,6 +570,10 @@ async fn kms_outage_keeps_signing_and_transition_completes_after_recovery() {
         .keys_toml
         .push_str("jwks_max_age_secs = 1\nsafety_margin_secs = 1\nmax_clock_skew_secs = 1\n");
     options.top_toml = "[tokens]\naccess_ttl_secs = 5\nid_ttl_secs = 5\n".into();
+    // Logins in a loop from one address: no rate limit in this test.
+    options
+        .env
+        .push(("LATCHKEY_RATE_LIMIT__ENABLED".into(), "false".into()));
     for alg in ["rs256", "es256"] {
         options.extra_toml.push_str(&format!(
             "[keys.{alg}]\nschedule = \"*/5 * * * * *\"\nlead_secs = 3\nretention_secs = 12\n"

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp};
+use crate::helpers::{Options, PASSWORD, TestApp};
 
 /// The load driver binary. `cargo test` builds examples with the tests; only
 /// when it is missing or older than its source (`cargo test --test it` alone
@@ -69,7 +69,7 @@ async fn run(url: &str, args: &[&str]) -> (i32, Value) {
 
 #[tokio::test]
 async fn every_scenario_succeeds_and_its_tokens_verify() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::unlimited()).await;
     app.create_user("bench", PASSWORD, &[]).await;
     let secret = app
         .create_client(

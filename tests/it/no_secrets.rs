@@ -231,7 +231,17 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let admin = app.login(web, "alice", PASSWORD, "openid").await["access_token"]
+    let ops_secret = app
+        .create_admin_client("leaky-ops", "password", "openid", "ES256")
+        .await;
+    let admin = app
+        .login(
+            ("leaky-ops", &ops_secret),
+            "alice",
+            PASSWORD,
+            "openid latchkey:admin",
+        )
+        .await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -353,6 +363,7 @@ async fn no_secret_reaches_a_log_line_or_an_audit_row() {
         ),
         ("second refresh token", refresh3.clone().into_bytes()),
         ("master key", master.clone()),
+        ("admin client secret", ops_secret.clone().into_bytes()),
     ];
     for (what, jwt) in [
         ("access token", &access),

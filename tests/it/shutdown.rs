@@ -70,7 +70,7 @@ fn load(
 
 #[tokio::test]
 async fn shutdown_during_load_answers_every_accepted_request_and_refuses_new_ones() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::unlimited()).await;
     let secret = app
         .create_client("svc", "client_credentials", "api:read", "ES256")
         .await;
@@ -123,11 +123,11 @@ async fn shutdown_during_load_answers_every_accepted_request_and_refuses_new_one
 
 #[tokio::test]
 async fn a_rolling_restart_of_one_of_two_replicas_loses_no_accepted_request() {
-    let a = TestApp::spawn().await;
+    let a = TestApp::spawn_with(Options::unlimited()).await;
     let secret = a
         .create_client("svc", "client_credentials", "api:read", "ES256")
         .await;
-    let b = TestApp::spawn_in(a.env.clone(), Options::default()).await;
+    let b = TestApp::spawn_in(a.env.clone(), Options::unlimited()).await;
     let mut all_stats = vec![a.server_stats.clone(), b.server_stats.clone()];
     let targets = Arc::new(Mutex::new(vec![a.url("/token"), b.url("/token")]));
     let stop = Arc::new(AtomicBool::new(false));
