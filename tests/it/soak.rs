@@ -334,7 +334,7 @@ async fn fault_soak() {
     for i in 0..3 {
         let ep = endpoint_of(i, &proxy);
         replicas[i].start(&ep, &alias, &db, offsets[i]).await;
-        wait_healthy(&http, &replicas[i].url("/healthz"), Duration::from_secs(60)).await;
+        wait_healthy(&http, &replicas[i].url("/readyz"), Duration::from_secs(60)).await;
     }
     let cli = |args: Vec<String>| {
         let config = replicas[0].config.clone();
@@ -558,7 +558,7 @@ async fn fault_soak() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ep = endpoint_of(0, &proxy);
     replicas[0].start(&ep, &alias, &db, offsets[0]).await;
-    wait_healthy(&http, &replicas[0].url("/healthz"), Duration::from_secs(30)).await;
+    wait_healthy(&http, &replicas[0].url("/readyz"), Duration::from_secs(30)).await;
 
     // 2. Cut replica b's KMS for three leads (15 s).
     sleep_until(at(0.30)).await;
@@ -583,8 +583,10 @@ async fn fault_soak() {
     replicas[2].start(&kms_endpoint, &alias, &db, 6).await;
     let skewed = Instant::now();
     while skewed.elapsed() < Duration::from_secs(8) {
-        if let Some((503, h)) = healthz(&http, &replicas[2].url("/healthz")).await
+        // Alive (`/healthz` answers 200 with the ring's refusals), not ready.
+        if let Some((200, h)) = healthz(&http, &replicas[2].url("/healthz")).await
             && h["key_ring"]["refusals"].to_string().contains("clock_skew")
+            && let Some((503, _)) = healthz(&http, &replicas[2].url("/readyz")).await
         {
             saw_skew_refusal = true;
         }
@@ -592,7 +594,7 @@ async fn fault_soak() {
     }
     replicas[2].stop().await;
     replicas[2].start(&kms_endpoint, &alias, &db, 0).await;
-    wait_healthy(&http, &replicas[2].url("/healthz"), Duration::from_secs(30)).await;
+    wait_healthy(&http, &replicas[2].url("/readyz"), Duration::from_secs(30)).await;
 
     // 4. Roll every replica (SIGTERM, restart, wait until healthy).
     sleep_until(at(0.70)).await;
@@ -600,7 +602,7 @@ async fn fault_soak() {
         replica.stop().await;
         let ep = endpoint_of(i, &proxy);
         replica.start(&ep, &alias, &db, 0).await;
-        wait_healthy(&http, &replica.url("/healthz"), Duration::from_secs(30)).await;
+        wait_healthy(&http, &replica.url("/readyz"), Duration::from_secs(30)).await;
     }
     eprintln!("soak: rolled every replica");
 
