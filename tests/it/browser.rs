@@ -292,7 +292,17 @@ impl RpApp {
     }
 }
 
+/// The text of the first element matching `css`, waiting (bounded) for it:
+/// after a form post the next page may still be loading.
 async fn text_of(b: &Browser, css: &str) -> String {
+    for _ in 0..100 {
+        if let Ok(el) = b.client.find(Locator::Css(css)).await
+            && let Ok(text) = el.text().await
+        {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     b.client
         .find(Locator::Css(css))
         .await
