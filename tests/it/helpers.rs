@@ -416,8 +416,10 @@ impl TestApp {
     }
 
     /// Wait (bounded) until this server's in-memory ring satisfies `f`.
+    /// Bounded at 30 s: a transition that is due after a 10 s lead still has
+    /// to wait for a scheduler pass on a loaded machine.
     pub async fn wait_for_ring(&self, what: &str, f: impl Fn(&latchkey::keyring::Ring) -> bool) {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if f(&self.state.ring.current()) {
                 return;
             }
