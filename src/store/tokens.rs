@@ -141,23 +141,12 @@ impl Store {
 
     /// A refresh token with its session and user, read without taking a lock.
     pub async fn refresh_state(&self, digest: &[u8]) -> Result<Option<RefreshState>> {
-        // One round trip on the hot path: the roles come along as one
-        // space-joined string (role names contain no spaces).
-        let roles = match self.backend {
-            super::Backend::Sqlite => {
-                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
-                 WHERE user_id = f.user_id ORDER BY role))"
-            }
-            super::Backend::Postgres => {
-                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = f.user_id)"
-            }
-        };
+        // One round trip on the hot path: the roles come along too.
+        let roles = self.roles_of("f.user_id");
+        let user_columns = super::users::JOINED_USER_COLUMNS;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
-             t.used_at AS t_used_at, u.id AS u_id, u.username AS u_username, \
-             u.password_hash AS u_password_hash, u.email AS u_email, u.disabled AS u_disabled, \
-             u.created_at AS u_created_at, u.failed_logins AS u_failed_logins, \
-             u.locked_until AS u_locked_until, {roles} AS u_roles \
+             t.used_at AS t_used_at, {user_columns}, {roles} AS u_roles \
              FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
         )))
@@ -165,28 +154,8 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let user = match row.try_get::<Option<String>, _>("u_id")? {
-            None => None,
-            Some(id) => Some(super::UserRow {
-                id,
-                username: row.try_get("u_username")?,
-                password_hash: row.try_get("u_password_hash")?,
-                email: row.try_get("u_email")?,
-                disabled: row.try_get::<i64, _>("u_disabled")? != 0,
-                created_at: row.try_get("u_created_at")?,
-                failed_logins: row.try_get("u_failed_logins")?,
-                locked_until: row.try_get("u_locked_until")?,
-            }),
-        };
-        let roles = row
-            .try_get::<Option<String>, _>("u_roles")?
-            .map(|r| {
-                r.split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let user = super::users::joined_user(&row)?;
+        let roles = split_roles(row.try_get("u_roles")?);
         Ok(Some(RefreshState {
             roles,
             token: TokenState {
@@ -340,21 +309,13 @@ impl Store {
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<(AccessState, Option<(super::UserRow, Vec<String>)>)> {
-        let roles = match self.backend {
-            super::Backend::Sqlite => {
-                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
-                 WHERE user_id = $3 ORDER BY role))"
-            }
-            super::Backend::Postgres => {
-                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = $3)"
-            }
-        };
+        let roles = self.roles_of("$3");
+        let user_columns = super::users::JOINED_USER_COLUMNS;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT \
                (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) AS denied, \
                (SELECT COUNT(*) FROM token_families WHERE id = $2 AND revoked_at IS NULL) AS live, \
-               u.id, u.username, u.password_hash, u.email, u.disabled, u.created_at, \
-               u.tokens_not_before, u.failed_logins, u.locked_until, {roles} AS roles \
+               {user_columns}, u.tokens_not_before, {roles} AS u_roles \
              FROM (SELECT 1 AS one) x LEFT JOIN users u ON u.id = $3"
         )))
         .bind(jti)
@@ -362,28 +323,9 @@ impl Store {
         .bind(user_id)
         .fetch_one(&self.pool)
         .await?;
-        let user = match row.try_get::<Option<String>, _>("id")? {
+        let user = match super::users::joined_user(&row)? {
+            Some(u) => Some((u, split_roles(row.try_get("u_roles")?))),
             None => None,
-            Some(id) => Some((
-                super::UserRow {
-                    id,
-                    username: row.try_get("username")?,
-                    password_hash: row.try_get("password_hash")?,
-                    email: row.try_get("email")?,
-                    disabled: row.try_get::<i64, _>("disabled")? != 0,
-                    created_at: row.try_get("created_at")?,
-                    failed_logins: row.try_get::<Option<i64>, _>("failed_logins")?.unwrap_or(0),
-                    locked_until: row.try_get("locked_until")?,
-                },
-                row.try_get::<Option<String>, _>("roles")?
-                    .map(|r| {
-                        r.split(' ')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )),
         };
         let state = AccessState {
             jti_denied: row.try_get::<i64, _>("denied")? > 0,
@@ -394,6 +336,20 @@ impl Store {
                 .unwrap_or(0),
         };
         Ok((state, user))
+    }
+
+    /// A scalar subquery: the roles of the user `user_expr` names, sorted and
+    /// space-joined (role names contain no spaces), or NULL.
+    fn roles_of(&self, user_expr: &str) -> String {
+        match self.backend {
+            super::Backend::Sqlite => format!(
+                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
+                 WHERE user_id = {user_expr} ORDER BY role))"
+            ),
+            super::Backend::Postgres => format!(
+                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = {user_expr})"
+            ),
+        }
     }
 
     /// The counter bumped by every revocation (see the module docs).
@@ -476,6 +432,18 @@ impl Store {
             denied_jtis: n("jti")?,
         })
     }
+}
+
+/// The roles of a [`Store::roles_of`] column.
+fn split_roles(joined: Option<String>) -> Vec<String> {
+    joined
+        .map(|r| {
+            r.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Rows removed by one cleanup batch (or, from [`Store::token_table_counts`], present).

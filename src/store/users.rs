@@ -33,6 +33,30 @@ fn user(row: &AnyRow) -> Result<UserRow> {
     })
 }
 
+/// The user columns under `u_` names, for statements that join `users u`.
+pub(super) const JOINED_USER_COLUMNS: &str = "u.id AS u_id, u.username AS u_username, \
+     u.password_hash AS u_password_hash, u.email AS u_email, u.disabled AS u_disabled, \
+     u.created_at AS u_created_at, u.failed_logins AS u_failed_logins, \
+     u.locked_until AS u_locked_until";
+
+/// The user of a row selected with [`JOINED_USER_COLUMNS`]; `None` when the
+/// (left) join found no user.
+pub(super) fn joined_user(row: &AnyRow) -> Result<Option<UserRow>> {
+    let Some(id) = row.try_get::<Option<String>, _>("u_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(UserRow {
+        id,
+        username: row.try_get("u_username")?,
+        password_hash: row.try_get("u_password_hash")?,
+        email: row.try_get("u_email")?,
+        disabled: row.try_get::<i64, _>("u_disabled")? != 0,
+        created_at: row.try_get("u_created_at")?,
+        failed_logins: row.try_get("u_failed_logins")?,
+        locked_until: row.try_get("u_locked_until")?,
+    }))
+}
+
 const USER_COLUMNS: &str =
     "id, username, password_hash, email, disabled, created_at, failed_logins, locked_until";
 

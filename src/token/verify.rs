@@ -47,13 +47,14 @@ struct Header {
     typ: Option<String>,
 }
 
-/// Verify a compact JWS access token issued by `issuer`.
-pub fn verify_access(
+/// The checks every latchkey JWT shares (RFC 8725): bounded size, three
+/// parts, a published `kid`, exactly that key's `alg`, a `typ` that
+/// `typ_ok` accepts, and a valid signature. Returns the payload part.
+fn verified_payload<'t>(
     ring: &Ring,
-    issuer: &str,
-    token: &str,
-    now: UnixTime,
-) -> Result<VerifiedAccess, VerifyError> {
+    token: &'t str,
+    typ_ok: impl Fn(Option<&str>) -> bool,
+) -> Result<&'t str, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::Malformed);
     }
@@ -69,9 +70,7 @@ pub fn verify_access(
     if header.alg != key.alg.as_str() {
         return Err(VerifyError::AlgMismatch);
     }
-    if !header.typ.is_some_and(|t| {
-        t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
-    }) {
+    if !typ_ok(header.typ.as_deref()) {
         return Err(VerifyError::WrongType);
     }
     let signature = URL_SAFE_NO_PAD
@@ -82,6 +81,21 @@ pub fn verify_access(
         .verifier
         .verify(signing_input.as_bytes(), &signature)
         .map_err(|_| VerifyError::BadSignature)?;
+    Ok(p)
+}
+
+/// Verify a compact JWS access token issued by `issuer`.
+pub fn verify_access(
+    ring: &Ring,
+    issuer: &str,
+    token: &str,
+    now: UnixTime,
+) -> Result<VerifiedAccess, VerifyError> {
+    let p = verified_payload(ring, token, |typ| {
+        typ.is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        })
+    })?;
     let claims: VerifiedAccess = decode_json(p)?;
     if claims.iss != issuer {
         return Err(VerifyError::WrongIssuer);
@@ -113,33 +127,8 @@ pub fn verify_id_token_hint(
     issuer: &str,
     token: &str,
 ) -> Result<IdTokenHint, VerifyError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(VerifyError::Malformed);
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(VerifyError::Malformed);
-    };
-    let header: Header = decode_json(h)?;
-    let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
-    let key = ring.key(&kid).ok_or(VerifyError::UnknownKey)?;
-    if header.alg != key.alg.as_str() {
-        return Err(VerifyError::AlgMismatch);
-    }
     // An access token (typ at+jwt) is not an ID token.
-    if header.typ.as_deref() != Some("JWT") {
-        return Err(VerifyError::WrongType);
-    }
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| VerifyError::Malformed)?;
-    let signing_input = &token[..h.len() + 1 + p.len()];
-    key.public
-        .verifier
-        .verify(signing_input.as_bytes(), &signature)
-        .map_err(|_| VerifyError::BadSignature)?;
+    let p = verified_payload(ring, token, |typ| typ == Some("JWT"))?;
     let claims: IdTokenHint = decode_json(p)?;
     if claims.iss != issuer {
         return Err(VerifyError::WrongIssuer);
