@@ -610,21 +610,32 @@ async fn fault_soak() {
     stop.store(true, Ordering::Relaxed);
     while load.join_next().await.is_some() {}
 
-    // Every replica back in sync: the same JWKS everywhere.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every replica back in sync: the same JWKS everywhere. The scheduler
+    // keeps rotating (a ring change every few seconds), and each replica
+    // picks a change up within `reload_interval_secs`, so "in sync" means the
+    // replicas agree at some instant within a few reload intervals, not at
+    // one arbitrary instant that may fall between a change and its pickup.
     let mut bodies = BTreeSet::new();
-    for r in &replicas {
-        let body = http
-            .get(r.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        bodies.insert(body);
+    let mut in_sync = false;
+    for _ in 0..20 {
+        bodies.clear();
+        for r in &replicas {
+            let body = http
+                .get(r.url("/.well-known/jwks.json"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            bodies.insert(body);
+        }
+        if bodies.len() == 1 {
+            in_sync = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let in_sync = bodies.len() == 1;
 
     // No token signed by a key that was not published when it was signed,
     // or unpublished before the token expired.
