@@ -153,6 +153,7 @@ impl AppState {
             clock.clone(),
             &config.issuer,
             tokens.clone(),
+            config.tokens.revocation_poll_millis > 0,
         );
         let authorizer = Authorizer::new(
             services.store.clone(),

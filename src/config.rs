@@ -290,6 +290,7 @@ struct RawTokens {
     cleanup_interval_secs: u64,
     cleanup_batch_size: u64,
     clients_cache_millis: u64,
+    revocation_poll_millis: u64,
     audience: Option<String>,
     default_alg: String,
 }
@@ -305,6 +306,7 @@ impl Default for RawTokens {
             cleanup_interval_secs: 300,
             cleanup_batch_size: 500,
             clients_cache_millis: 1000,
+            revocation_poll_millis: 100,
             audience: None,
             default_alg: "RS256".into(),
         }
@@ -826,6 +828,11 @@ pub struct TokenConfig {
     /// How long a client registration read from the database is reused
     /// (0 = read it on every request).
     pub clients_cache_millis: u64,
+    /// How often revocations made by other processes (replicas, the CLI) are
+    /// read; positive access-token checks are cached in between and dropped
+    /// at once on a revocation by this process (0 = no cache: every check
+    /// reads the database).
+    pub revocation_poll_millis: u64,
     pub audience: String,
     pub default_alg: Alg,
 }
@@ -1213,6 +1220,12 @@ impl RawConfig {
                 0,
                 60_000,
                 "tokens.clients_cache_millis",
+            )?,
+            revocation_poll_millis: bounded(
+                self.tokens.revocation_poll_millis,
+                0,
+                10_000,
+                "tokens.revocation_poll_millis",
             )?,
             audience: self.tokens.audience.unwrap_or_else(|| issuer.clone()),
             default_alg: parse_alg(&self.tokens.default_alg, "tokens.default_alg")?,
@@ -1893,6 +1906,28 @@ mod tests {
             let err = Config::from_toml_str(MINIMAL, env(&[(k, v)])).unwrap_err();
             assert!(err.to_string().contains("authorize."), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn revocation_poll_defaults_and_bounds() {
+        let c = Config::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.tokens.revocation_poll_millis, 100);
+        let c = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_TOKENS__REVOCATION_POLL_MILLIS", "0")]),
+        )
+        .unwrap();
+        assert_eq!(c.tokens.revocation_poll_millis, 0);
+        let err = Config::from_toml_str(
+            MINIMAL,
+            env(&[("LATCHKEY_TOKENS__REVOCATION_POLL_MILLIS", "10001")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tokens.revocation_poll_millis must be between 0 and 10000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl Server {
             state.config.tokens.cleanup_batch_size,
             stop_rx.clone(),
         ));
+        let revocations = (state.config.tokens.revocation_poll_millis > 0).then(|| {
+            let store = state.store.clone();
+            let every = Duration::from_millis(state.config.tokens.revocation_poll_millis);
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { store.watch_revocations(every, stop).await })
+        });
         let retention = tokio::spawn(crate::audit::retention::run(
             state.store.clone(),
             state.clock.clone(),
@@ -176,6 +182,9 @@ impl Server {
         let _ = sched.await;
         let _ = cleanup.await;
         let _ = retention.await;
+        if let Some(r) = revocations {
+            let _ = r.await;
+        }
         if let Some(m) = metrics_server {
             let _ = m.await;
         }

@@ -14,6 +14,7 @@
 
 pub mod cleanup;
 mod device;
+mod live;
 mod revocation;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub struct Sessions {
     issuer: Arc<str>,
     tokens: TokenService,
     origins: Arc<OriginCache>,
+    live: Arc<live::LiveCache>,
 }
 
 /// A session as its user and admins see it.
@@ -83,6 +85,7 @@ impl Sessions {
         clock: SharedClock,
         issuer: &str,
         tokens: TokenService,
+        cache_checks: bool,
     ) -> Self {
         Self {
             store,
@@ -91,6 +94,7 @@ impl Sessions {
             issuer: issuer.into(),
             tokens,
             origins: Arc::default(),
+            live: Arc::new(live::LiveCache::new(cache_checks)),
         }
     }
 
@@ -107,13 +111,24 @@ impl Sessions {
     }
 
     /// Whether a verified access token survives every revocation.
+    /// Positive answers are cached until the next revocation (`live.rs`).
     pub async fn is_live(&self, claims: &VerifiedAccess) -> Result<bool, Error> {
+        let generation = self.store.revocation_generation();
+        let now = self.clock.now();
+        if self.live.get(&claims.jti, generation, now).is_some() {
+            return Ok(true);
+        }
         let state = self
             .store
             .access_state(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await
             .map_err(internal)?;
-        Ok(live(claims, &state))
+        let ok = live(claims, &state);
+        if ok {
+            self.live
+                .put(&claims.jti, generation, claims.exp, now, None);
+        }
+        Ok(ok)
     }
 
     /// The account endpoints' rate limit, per address and per client.
@@ -325,7 +340,7 @@ async fn find_user(store: &Store, username: &str) -> Result<String, Error> {
 }
 
 /// OIDC Core §5.3.2: the claims userinfo returns for the granted scope.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UserInfo {
     pub sub: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -339,15 +354,35 @@ pub struct UserInfo {
 impl Sessions {
     /// Userinfo for a bearer token: verification, every revocation check,
     /// the profile and the roles, with one database round trip.
+    ///
+    /// The answer is cached per `jti` until the next revocation (`live.rs`);
+    /// the signature and `exp` are checked on every call.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfo, Error> {
-        let claims = verify_access(&self.ring.current(), &self.issuer, token, self.clock.now())
+        let now = self.clock.now();
+        let claims = verify_access(&self.ring.current(), &self.issuer, token, now)
             .map_err(|e| Error::invalid_token(e.to_string()))?;
+        let generation = self.store.revocation_generation();
+        if let Some(live::Hit::Info(info)) = self.live.get(&claims.jti, generation, now) {
+            return Ok(UserInfo::clone(&info));
+        }
+        let info = self.userinfo_uncached(&claims).await?;
+        self.live.put(
+            &claims.jti,
+            generation,
+            claims.exp,
+            now,
+            Some(Arc::new(info.clone())),
+        );
+        Ok(info)
+    }
+
+    async fn userinfo_uncached(&self, claims: &VerifiedAccess) -> Result<UserInfo, Error> {
         let (state, user) = self
             .store
             .access_state_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await
             .map_err(internal)?;
-        if !live(&claims, &state) {
+        if !live(claims, &state) {
             return Err(Error::invalid_token("the token has been revoked"));
         }
         let scope = crate::oauth::Scope::from_stored(&claims.scope);

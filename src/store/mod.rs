@@ -22,6 +22,8 @@ mod users;
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -79,6 +81,11 @@ pub struct Store {
     /// Group-commit writer for refresh rotations (`None` only inside the
     /// writer tasks themselves).
     writer: Option<rotation::RotationWriter>,
+    /// This process's revocation generation: bumped after every revocation
+    /// this process commits and whenever `revocation_state.version` moves
+    /// (another process revoked something). Caches of access-token checks
+    /// (`session/live.rs`) are valid only at the generation they were filled.
+    revocations: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -113,6 +120,7 @@ impl Store {
             pool,
             backend,
             writer: None,
+            revocations: Arc::default(),
         };
         store.writer = Some(rotation::RotationWriter::start(&store));
         Ok(store)

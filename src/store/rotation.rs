@@ -82,12 +82,14 @@ impl RotationWriter {
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers {
             let (pool, backend, rx) = (store.pool.clone(), store.backend, rx.clone());
+            let revocations = store.revocations.clone();
             tokio::spawn(async move {
                 // A store without the writer, so this task holds no sender.
                 let store = Store {
                     pool,
                     backend,
                     writer: None,
+                    revocations,
                 };
                 run(store, rx).await;
             });

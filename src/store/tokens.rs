@@ -15,6 +15,8 @@
 //! access-token checks in every process can see it.
 
 use sqlx::any::AnyRow;
+use std::sync::atomic::Ordering;
+
 use sqlx::{Any, Row, Transaction};
 
 use super::{Result, Store};
@@ -219,6 +221,9 @@ impl Store {
             bump_revocation_in(&mut tx).await?;
         }
         tx.commit().await?;
+        if n {
+            self.revoked_here();
+        }
         Ok(n)
     }
 
@@ -238,6 +243,7 @@ impl Store {
         deny_jti_in(&mut tx, jti, jti_expires_at).await?;
         bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(ended)
     }
 
@@ -262,6 +268,7 @@ impl Store {
         }
         bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(n)
     }
 
@@ -271,6 +278,7 @@ impl Store {
         deny_jti_in(&mut tx, jti, expires_at).await?;
         bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(())
     }
 
@@ -360,6 +368,53 @@ impl Store {
         Ok(row.try_get("version")?)
     }
 
+    /// This process's revocation generation (see [`Store::watch_revocations`]).
+    /// Read it *before* asking the database about a token: a check filled
+    /// at generation `g` is valid while the generation is still `g`.
+    pub fn revocation_generation(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// A revocation by this process has committed.
+    pub(super) fn revoked_here(&self) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Follow revocations made by other processes: read
+    /// `revocation_state.version` every `interval` and bump this process's
+    /// generation whenever it moved, until `shutdown`. A failed read bumps it
+    /// too (nothing cached survives a moment this process could not see).
+    pub async fn watch_revocations(
+        &self,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut seen = None;
+        loop {
+            match self.revocation_version().await {
+                Ok(v) if seen == Some(v) => {}
+                Ok(v) => {
+                    if seen.is_some() {
+                        self.revoked_here();
+                    }
+                    seen = Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the revocation version");
+                    self.revoked_here();
+                    seen = None;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
     /// Delete at most `batch` rows of each kind that can no longer matter:
     /// refresh tokens past their idle expiry, sessions past their absolute
     /// expiry (with their tokens), and denylisted `jti`s past their `exp`.
@@ -399,7 +454,15 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // A deleted session ends the access tokens that name it, as a
+        // revocation does (cached checks must see it).
+        if counts.sessions > 0 {
+            bump_revocation_in(&mut tx).await?;
+        }
         tx.commit().await?;
+        if counts.sessions > 0 {
+            self.revoked_here();
+        }
 
         let mut tx = self.begin_write().await?;
         counts.denied_jtis = sqlx::query(

@@ -210,6 +210,7 @@ impl Store {
         super::tokens::bump_revocation_in(&mut tx).await?;
         crate::audit::append(&mut tx, event).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(true)
     }
 
@@ -239,6 +240,7 @@ impl Store {
             super::tokens::revoke_user_sessions_in(&mut tx, &id, now, "password changed").await?;
         super::tokens::bump_revocation_in(&mut tx).await?;
         tx.commit().await?;
+        self.revoked_here();
         Ok(Some((id, ended)))
     }
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use latchkey::app::AppState;
 use latchkey::clock::{SharedClock, SystemClock};
@@ -335,6 +336,27 @@ impl TestApp {
     }
 
     /// GET /userinfo, with a bearer token when given.
+    /// This server's revocation generation, to pass to
+    /// [`TestApp::wait_revocation_seen`] after another process revoked something.
+    pub fn revocations(&self) -> u64 {
+        self.state.store.revocation_generation()
+    }
+
+    /// Wait until this server has seen a revocation made by another process
+    /// (the CLI) since `mark`: it reads `revocation_state.version` every
+    /// `tokens.revocation_poll_millis` (100 ms by default) and drops its
+    /// cached access-token checks then. Panics past 10 s.
+    pub async fn wait_revocation_seen(&self, mark: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.revocations() == mark {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not see another process's revocation within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn userinfo(&self, token: Option<&str>) -> reqwest::Response {
         let mut req = self.http.get(self.url("/userinfo"));
         if let Some(t) = token {

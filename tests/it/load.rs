@@ -145,7 +145,9 @@ async fn every_scenario_succeeds_and_its_tokens_verify() {
 
 #[tokio::test]
 async fn errors_are_counted_by_status_and_oauth_code() {
-    let app = TestApp::spawn().await;
+    // Without rate limits: a flood of wrong secrets would (rightly) turn into
+    // 429s, and this test is about how the driver classifies one error.
+    let app = TestApp::spawn_with(Options::unlimited()).await;
     app.create_client("cc", "client_credentials", "api:read", "ES256")
         .await;
     let (code, r) = run(

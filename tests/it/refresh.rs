@@ -393,12 +393,14 @@ async fn disabling_a_user_ends_logins_and_sessions() {
     let login = app
         .login(client, "alice", PASSWORD, "openid api:read")
         .await;
+    let mark = app.revocations();
     let out = app.cli(&["users", "disable", "alice"], None).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    app.wait_revocation_seen(mark).await;
     let r = app
         .token(
             client,

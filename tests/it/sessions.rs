@@ -259,7 +259,9 @@ async fn operators_list_and_revoke_sessions_from_the_cli() {
         .as_str()
         .unwrap()
         .to_string();
+    let mark = app.revocations();
     app.cli_ok(&["sessions", "revoke", &a1_sid], None).await;
+    app.wait_revocation_seen(mark).await;
     assert_eq!(
         app.userinfo(Some(s(&a1, "access_token"))).await.status(),
         401
@@ -275,9 +277,11 @@ async fn operators_list_and_revoke_sessions_from_the_cli() {
     );
 
     // Revoke every session of a user; bob is untouched.
+    let mark = app.revocations();
     let out = app
         .cli_ok(&["sessions", "revoke", "--user", "alice", "--json"], None)
         .await;
+    app.wait_revocation_seen(mark).await;
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["sessions_ended"],
         1
@@ -357,6 +361,7 @@ async fn a_password_change_ends_every_session() {
     let client = ("web", secret.as_str());
     let a1 = login_from(&app, &secret, "alice", None, "x").await;
     let a2 = login_from(&app, &secret, "alice", None, "y").await;
+    let mark = app.revocations();
     let out = app
         .cli_ok(
             &["users", "set-password", "alice", "--password-stdin"],
@@ -364,6 +369,7 @@ async fn a_password_change_ends_every_session() {
         )
         .await;
     assert!(out.contains("2 sessions ended"), "{out}");
+    app.wait_revocation_seen(mark).await;
     for login in [&a1, &a2] {
         assert_eq!(
             app.userinfo(Some(s(login, "access_token"))).await.status(),
@@ -508,7 +514,9 @@ async fn a_disabled_users_tokens_are_inactive_and_userinfo_takes_a_form_token() 
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
 
+    let mark = app.revocations();
     app.cli_ok(&["users", "disable", "alice"], None).await;
+    app.wait_revocation_seen(mark).await;
     assert_eq!(
         app.introspect(("web", &secret), access).await["active"],
         false
@@ -658,4 +666,135 @@ async fn a_refresh_storm_beside_a_login_flood_never_fails() {
     assert!(refreshes > 64, "refreshes: {refreshes}");
     assert!(logins > 0);
     eprintln!("storm: {refreshes} refreshes and {logins} logins in {secs} s, no failures");
+}
+
+/// Userinfo answers and liveness checks are cached per `jti`; every
+/// revocation this process commits drops them before its response.
+#[tokio::test]
+async fn cached_checks_end_at_once_with_a_revocation_here() {
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let a = login_from(&app, &secret, "alice", None, "x").await;
+    let b = login_from(&app, &secret, "alice", None, "y").await;
+    for login in [&a, &b] {
+        for _ in 0..3 {
+            let r = app.userinfo(Some(s(login, "access_token"))).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                r.json::<Value>().await.unwrap()["preferred_username"],
+                "alice"
+            );
+        }
+        assert_eq!(
+            app.introspect(client, s(login, "access_token")).await["active"],
+            true
+        );
+    }
+    // Logout of one session: its token is refused by the very next request.
+    let r = app
+        .bearer(Method::POST, "/account/logout", s(&a, "access_token"))
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        app.userinfo(Some(s(&a, "access_token"))).await.status(),
+        401
+    );
+    assert_eq!(
+        app.introspect(client, s(&a, "access_token")).await["active"],
+        false
+    );
+    assert_eq!(
+        app.userinfo(Some(s(&b, "access_token"))).await.status(),
+        200
+    );
+    // RFC 7009 revocation of the other access token, also at once.
+    let r = app
+        .http
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", s(&b, "access_token"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.userinfo(Some(s(&b, "access_token"))).await.status(),
+        401
+    );
+    assert_eq!(
+        app.bearer(Method::GET, "/account/sessions", s(&b, "access_token"))
+            .await
+            .status(),
+        401
+    );
+}
+
+/// A revocation by another process (the CLI here, another replica in
+/// production) reaches a running server's cached checks through
+/// `revocation_state.version`, read every `tokens.revocation_poll_millis`.
+#[tokio::test]
+async fn another_process_revocation_reaches_cached_checks_within_the_poll_interval() {
+    let (app, secret) = setup().await;
+    let a = login_from(&app, &secret, "alice", None, "x").await;
+    let bob = login_from(&app, &secret, "bob", None, "x").await;
+    for login in [&a, &bob] {
+        assert_eq!(
+            app.userinfo(Some(s(login, "access_token"))).await.status(),
+            200
+        );
+    }
+    let mark = app.revocations();
+    let started = std::time::Instant::now();
+    app.cli_ok(&["users", "disable", "alice"], None).await;
+    app.wait_revocation_seen(mark).await;
+    let seen_after = started.elapsed();
+    assert_eq!(
+        app.userinfo(Some(s(&a, "access_token"))).await.status(),
+        401
+    );
+    assert_eq!(
+        app.introspect(("web", &secret), s(&a, "access_token"))
+            .await["active"],
+        false
+    );
+    // Nothing else was lost: bob's token still answers.
+    assert_eq!(
+        app.userinfo(Some(s(&bob, "access_token"))).await.status(),
+        200
+    );
+    eprintln!("revocation seen {seen_after:?} after the CLI started");
+}
+
+/// `tokens.revocation_poll_millis = 0` turns the cache off: every check reads
+/// the database, so another process's revocation counts at once.
+#[tokio::test]
+async fn without_the_cache_another_process_revocation_counts_at_once() {
+    let (app, secret) = setup_with(Options {
+        top_toml: "[tokens]\nrevocation_poll_millis = 0\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let a = login_from(&app, &secret, "alice", None, "x").await;
+    assert_eq!(
+        app.userinfo(Some(s(&a, "access_token"))).await.status(),
+        200
+    );
+    assert_eq!(
+        app.userinfo(Some(s(&a, "access_token"))).await.status(),
+        200
+    );
+    let mark = app.revocations();
+    app.cli_ok(&["sessions", "revoke", "--user", "alice"], None)
+        .await;
+    assert_eq!(app.revocations(), mark, "no poller runs without the cache");
+    assert_eq!(
+        app.userinfo(Some(s(&a, "access_token"))).await.status(),
+        401
+    );
+    assert_eq!(
+        app.bearer(Method::GET, "/account/sessions", s(&a, "access_token"))
+            .await
+            .status(),
+        401
+    );
 }

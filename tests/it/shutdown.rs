@@ -198,7 +198,7 @@ async fn a_rolling_restart_of_one_of_two_replicas_loses_no_accepted_request() {
         env,
         Options {
             port: Some(port),
-            ..Options::default()
+            ..Options::unlimited()
         },
     )
     .await;
