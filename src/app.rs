@@ -74,8 +74,22 @@ impl Services {
     }
 }
 
+/// Everything a request handler reaches, shared by every request: cloning it
+/// is one reference-count increment (axum clones the state for every
+/// extractor and layer, so a by-value state would copy the configuration,
+/// the token service and the stores on every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppServices>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+pub struct AppServices {
     pub config: Arc<Config>,
     pub store: Store,
     pub ring: Arc<KeyRing>,
@@ -179,7 +193,7 @@ impl AppState {
             .with_limits(limits_for_readiness),
         );
         let audit = Audit::new(services.store.clone(), clock.clone());
-        Ok(Self {
+        Ok(Self(Arc::new(AppServices {
             audit,
             config: Arc::new(config),
             store: services.store,
@@ -194,6 +208,6 @@ impl AppState {
             jwks_requests: Arc::new(AtomicU64::new(0)),
             readiness,
             metrics,
-        })
+        })))
     }
 }

@@ -269,27 +269,46 @@ pub enum AuditCmd {
 
 /// Logs go to stderr. `LATCHKEY_LOG` sets the filter (default `info` for
 /// `serve`, `warn` otherwise so command output stays clean); `[log] format`
-/// chooses JSON lines (the default under `profile = "prod"`) or text.
-pub fn init_logging(cli: &Cli, log: &LogConfig) {
-    let default = if matches!(cli.command, Command::Serve) {
+/// chooses JSON lines (the default under `profile = "prod"`) or text. A
+/// server's lines go through the writer thread of [`crate::logging`] (keep
+/// the returned [`crate::logging::Flush`] until the server has stopped);
+/// other commands write directly.
+pub fn init_logging(cli: &Cli, log: &LogConfig) -> Option<crate::logging::Flush> {
+    let serving = matches!(cli.command, Command::Serve);
+    let filter = tracing_subscriber::EnvFilter::new(log.filter.as_deref().unwrap_or(if serving {
         "info"
     } else {
         "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::new(log.filter.as_deref().unwrap_or(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
+    }));
+    let ansi = std::io::stderr().is_terminal();
+    let json = log.format == LogFormat::Json;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if serving {
+        let (writer, flush) = crate::logging::buffered_stderr();
+        let builder = builder.with_writer(writer);
+        let _ = if json {
+            builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init()
+        } else {
+            builder.with_ansi(ansi).try_init()
+        };
+        Some(flush)
+    } else {
+        let builder = builder.with_writer(std::io::stderr);
+        let _ = if json {
+            builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init()
+        } else {
+            builder.with_ansi(ansi).try_init()
+        };
+        None
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -299,7 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.config.display()
         )
     })?;
-    init_logging(&cli, &config.log);
+    let _flush_logs = init_logging(&cli, &config.log);
     let clock: SharedClock = crate::clock::from_config(&config.clock);
     match cli.command {
         Command::Serve => serve(config, clock).await,

@@ -31,6 +31,7 @@ pub mod grant;
 pub mod http;
 pub mod keyring;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod readiness;
