@@ -168,6 +168,7 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
