@@ -16,9 +16,6 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openssl::hash::{MessageDigest, hash};
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 
 use crate::config::{HashingConfig, Secret};
 
@@ -144,12 +141,12 @@ pub fn random_id() -> Result<String, SecretError> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes(16)?))
 }
 
+/// SHA-256 through OpenSSL's incremental hasher: under OpenSSL 3 the EVP
+/// interface and the one-shot `SHA256()` fetch the algorithm on every call.
 pub fn sha256(data: &[u8]) -> Vec<u8> {
-    // SHA-256 cannot fail for in-memory input; an OpenSSL error here would mean
-    // a broken library, and an empty digest then matches nothing stored.
-    hash(MessageDigest::sha256(), data)
-        .map(|d| d.to_vec())
-        .unwrap_or_default()
+    let mut h = openssl::sha::Sha256::new();
+    h.update(data);
+    h.finish().to_vec()
 }
 
 /// Constant-time equality of two byte strings (length is not secret).
@@ -157,11 +154,53 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
 }
 
+/// HMAC through OpenSSL's EVP interface: the oracle [`HmacKey`] is tested
+/// against.
+#[cfg(test)]
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
-    let pkey = PKey::hmac(key)?;
-    let mut signer = Signer::new(MessageDigest::sha256(), &pkey)?;
+    let pkey = openssl::pkey::PKey::hmac(key)?;
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey)?;
     signer.update(data)?;
     signer.sign_to_vec()
+}
+
+/// HMAC-SHA-256 (RFC 2104) under one fixed key, with the inner and outer
+/// padded-key blocks absorbed once: each MAC is then two short SHA-256
+/// computations. Under OpenSSL 3 a MAC through `PKey::hmac` + `Signer`
+/// builds a key object and fetches the algorithm on every call, which cost
+/// more than the rest of a client-secret check; client authentication and
+/// the refresh successor run on every token request.
+#[derive(Clone)]
+struct HmacKey {
+    inner: openssl::sha::Sha256,
+    outer: openssl::sha::Sha256,
+}
+
+impl HmacKey {
+    const BLOCK: usize = 64;
+
+    fn new(key: &[u8]) -> Self {
+        let mut block = [0u8; Self::BLOCK];
+        if key.len() > Self::BLOCK {
+            block[..32].copy_from_slice(&sha256(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut inner = openssl::sha::Sha256::new();
+        let mut outer = openssl::sha::Sha256::new();
+        inner.update(&block.map(|b| b ^ 0x36));
+        outer.update(&block.map(|b| b ^ 0x5c));
+        block.fill(0);
+        Self { inner, outer }
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let mut inner = self.inner.clone();
+        inner.update(data);
+        let mut outer = self.outer.clone();
+        outer.update(&inner.finish());
+        outer.finish()
+    }
 }
 
 /// Hashing and checking of every secret latchkey stores, keyed by the pepper.
@@ -170,10 +209,10 @@ pub struct Secrets {
     pepper: Arc<Secret>,
     /// HMAC key for client secrets, derived from the pepper so that one secret
     /// input serves both purposes without reusing the same key.
-    client_key: Arc<Vec<u8>>,
+    client_key: Arc<HmacKey>,
     /// HMAC key that derives a refresh token's successor from the token itself
     /// (retry-safe refresh; see [`Secrets::successor_token`]).
-    successor_key: Arc<Vec<u8>>,
+    successor_key: Arc<HmacKey>,
     /// A valid hash of a random password, verified against when a username is
     /// unknown so that both failures cost the same.
     dummy_hash: Arc<String>,
@@ -195,8 +234,9 @@ impl Secrets {
     }
 
     pub fn new(pepper: Secret, hashing: &HashingConfig) -> Result<Self, SecretError> {
-        let client_key = hmac_sha256(pepper.expose(), b"latchkey client-secret v1")?;
-        let successor_key = hmac_sha256(pepper.expose(), b"latchkey refresh-successor v1")?;
+        let root = HmacKey::new(pepper.expose());
+        let client_key = HmacKey::new(&root.mac(b"latchkey client-secret v1"));
+        let successor_key = HmacKey::new(&root.mac(b"latchkey refresh-successor v1"));
         let pepper = Arc::new(pepper);
         let pool = Arc::new(HashPool::new(hashing));
         let dummy_password = random_token()?;
@@ -253,11 +293,11 @@ impl Secrets {
     /// successor without the server ever storing a token in the clear; and
     /// unpredictable to anyone without the pepper, like a random token.
     pub fn successor_token(&self, presented: &str) -> Result<String, SecretError> {
-        Ok(URL_SAFE_NO_PAD.encode(hmac_sha256(&self.successor_key, presented.as_bytes())?))
+        Ok(URL_SAFE_NO_PAD.encode(self.successor_key.mac(presented.as_bytes())))
     }
 
     pub fn client_secret_digest(&self, secret: &str) -> Result<Vec<u8>, SecretError> {
-        Ok(hmac_sha256(&self.client_key, secret.as_bytes())?)
+        Ok(self.client_key.mac(secret.as_bytes()).to_vec())
     }
 
     /// Constant-time check of a presented client secret against its stored digest.
@@ -404,6 +444,43 @@ mod tests {
     async fn unknown_user_never_verifies() {
         let s = secrets(&[7u8; 32]);
         assert!(!s.verify_password("anything".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn hmac_key_matches_rfc_4231_and_openssl_evp() {
+        // RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
+        let cases: [(Vec<u8>, &[u8], &str); 3] = [
+            (
+                vec![0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                vec![0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+        ];
+        for (key, data, want) in cases {
+            let got = HmacKey::new(&key).mac(data);
+            let hex: String = got.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, want);
+            assert_eq!(got.to_vec(), hmac_sha256(&key, data).unwrap());
+        }
+        // Keys of every length around the block size agree with EVP.
+        for len in [1, 32, 63, 64, 65, 200] {
+            let key = vec![0x5a; len];
+            assert_eq!(
+                HmacKey::new(&key).mac(b"latchkey").to_vec(),
+                hmac_sha256(&key, b"latchkey").unwrap(),
+                "key of {len} bytes"
+            );
+        }
     }
 
     #[test]
