@@ -60,6 +60,7 @@ struct Inner {
     rate_limited: Family<LimiterLabel, Counter>,
     lockouts: Counter,
     argon2_queue_depth: Gauge,
+    argon2_buffers: Gauge,
     db_in_use: Gauge,
     db_idle: Gauge,
     active_key_age: Family<AlgLabel, Gauge>,
@@ -154,6 +155,12 @@ impl Metrics {
             "Password hash computations waiting for a slot",
             argon2_queue_depth.clone(),
         );
+        let argon2_buffers = Gauge::default();
+        registry.register(
+            "argon2_buffers",
+            "Password hash block buffers allocated (19 MiB each, at most one per hashing thread)",
+            argon2_buffers.clone(),
+        );
         let db_in_use = Gauge::default();
         registry.register(
             "db_pool_connections_in_use",
@@ -211,6 +218,7 @@ impl Metrics {
             rate_limited,
             lockouts,
             argon2_queue_depth,
+            argon2_buffers,
             db_in_use,
             db_idle,
             active_key_age,
@@ -267,6 +275,12 @@ impl Metrics {
         self.0
             .argon2_queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_argon2_buffers(&self, n: usize) {
+        self.0
+            .argon2_buffers
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Set the gauges that mirror state kept elsewhere; called per scrape.

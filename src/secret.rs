@@ -40,37 +40,61 @@ pub enum SecretError {
     Busy { retry_after_secs: u64 },
 }
 
-/// Two argon2 computations per CPU keep every core busy under a login flood
-/// while memory stays bounded (2 × cores × 19 MiB).
+/// One argon2 computation per CPU keeps every core busy under a login flood
+/// while memory stays bounded (cores × 19 MiB). Two per core measured no
+/// faster (argon2 is bound by memory bandwidth) and took CPU from
+/// everything else.
 pub fn default_hash_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// The nice value of the hashing threads (see [`HashPool`]).
+pub const HASH_THREAD_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
 /// The argon2 work bound and its memory: at most `concurrency` computations
-/// run, each in one of at most `concurrency` reused 19 MiB block buffers, and
-/// at most `queue` callers wait, each for at most `wait`.
+/// run, at most `queue` callers wait, each for at most `wait`.
 ///
-/// Buffers are allocated on first use and then kept for the life of the
-/// process, so memory is bounded by construction (`concurrency` × 19 MiB) and
-/// never handed back and forth between the allocator's per-thread arenas,
-/// which is what made RSS grow with the number of blocking-pool threads.
+/// The computations run on `concurrency` threads of their own, each with
+/// one reused 19 MiB block buffer, allocated on its first hash and kept for
+/// the life of the pool: memory is bounded by construction (`concurrency` ×
+/// 19 MiB) and never handed back and forth between the allocator's
+/// per-thread arenas (which is what made RSS grow with the number of
+/// blocking-pool threads). On Linux those threads run at nice
+/// [`HASH_THREAD_NICE`]: a password flood then takes only the CPU that
+/// refreshes, JWKS and discovery leave idle, instead of an equal share of
+/// every core, while a flood alone still runs at full speed.
 struct HashPool {
     permits: tokio::sync::Semaphore,
     waiting: AtomicUsize,
     queue: usize,
     wait: Duration,
-    buffers: Mutex<Vec<Vec<Block>>>,
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Buffers allocated so far (at most one per hashing thread).
+    buffers: Arc<AtomicUsize>,
 }
 
 impl HashPool {
-    fn new(cfg: &HashingConfig) -> Self {
-        Self {
+    fn new(cfg: &HashingConfig) -> Result<Self, SecretError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let buffers = Arc::new(AtomicUsize::new(0));
+        for i in 0..cfg.concurrency {
+            let (rx, buffers) = (rx.clone(), buffers.clone());
+            std::thread::Builder::new()
+                .name(format!("latchkey-argon2-{i}"))
+                .spawn(move || hashing_thread(&rx, &buffers))
+                .map_err(|e| SecretError::Hash(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self {
             permits: tokio::sync::Semaphore::new(cfg.concurrency),
             waiting: AtomicUsize::new(0),
             queue: cfg.queue,
             wait: cfg.wait,
-            buffers: Mutex::new(Vec::with_capacity(cfg.concurrency)),
-        }
+            jobs: Mutex::new(tx),
+            buffers,
+        })
     }
 
     fn busy(&self) -> SecretError {
@@ -79,8 +103,8 @@ impl HashPool {
         }
     }
 
-    /// Run `f` on a blocking thread with a pooled block buffer, once a permit
-    /// is free; refuse at once when the queue is full, or after the deadline.
+    /// Run `f` on a hashing thread with its block buffer, once a permit is
+    /// free; refuse at once when the queue is full, or after the deadline.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Vec<Block>) -> Result<T, SecretError> + Send + 'static,
@@ -102,25 +126,46 @@ impl HashPool {
                 }
             }
         };
-        let mut buffer = self
-            .buffers
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |buffer| {
+            let _ = done.send(f(buffer));
+        });
+        self.jobs
             .lock()
-            .map_err(|_| SecretError::Hash("hash buffer pool poisoned".into()))?
-            .pop()
-            .unwrap_or_default();
-        let pool = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let r = f(&mut buffer);
-            // Back into the pool before the permit is released, so at most
-            // `concurrency` buffers ever exist.
-            if let Ok(mut buffers) = pool.buffers.lock() {
-                buffers.push(buffer);
-            }
-            r
-        })
-        .await;
+            .map_err(|_| SecretError::Hash("hashing queue poisoned".into()))?
+            .send(job)
+            .map_err(|_| SecretError::Hash("the hashing threads stopped".into()))?;
+        // A permit is held until the computation is over, so at most
+        // `concurrency` jobs are ever handed to the threads.
+        let r = result
+            .await
+            .map_err(|_| SecretError::Hash("a hashing thread stopped".into()));
         drop(permit);
-        result?
+        r?
+    }
+}
+
+/// One hashing thread: lower its priority, then run jobs with its own
+/// buffer until the pool is dropped.
+fn hashing_thread(rx: &Mutex<std::sync::mpsc::Receiver<Job>>, buffers: &AtomicUsize) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_THREAD_NICE)
+    {
+        tracing::warn!(error = %e, "cannot lower the priority of a hashing thread");
+    }
+    let mut buffer = Vec::new();
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let had = !buffer.is_empty();
+        job(&mut buffer);
+        if !had && !buffer.is_empty() {
+            buffers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -233,12 +278,17 @@ impl Secrets {
         self.pool.waiting.load(Ordering::Relaxed)
     }
 
+    /// Block buffers the hashing threads have allocated (the memory metric).
+    pub fn hash_buffers(&self) -> usize {
+        self.pool.buffers.load(Ordering::Relaxed)
+    }
+
     pub fn new(pepper: Secret, hashing: &HashingConfig) -> Result<Self, SecretError> {
         let root = HmacKey::new(pepper.expose());
         let client_key = HmacKey::new(&root.mac(b"latchkey client-secret v1"));
         let successor_key = HmacKey::new(&root.mac(b"latchkey refresh-successor v1"));
         let pepper = Arc::new(pepper);
-        let pool = Arc::new(HashPool::new(hashing));
+        let pool = Arc::new(HashPool::new(hashing)?);
         let dummy_password = random_token()?;
         // Its buffer is freed at once (a single large allocation goes back
         // to the OS): an idle server holds no argon2 memory; the pool fills
@@ -526,8 +576,10 @@ mod tests {
                 .await
                 .unwrap()
         );
-        // Only pooled buffers exist: never more than the concurrency bound.
-        assert!(s.pool.buffers.lock().unwrap().len() <= 2);
+        // Only the hashing threads' buffers exist: never more than the
+        // concurrency bound.
+        let n = s.pool.buffers.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&n), "{n} buffers");
     }
 
     #[tokio::test]

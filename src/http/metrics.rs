@@ -68,6 +68,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     state
         .metrics
         .set_argon2_queue_depth(state.tokens.secrets.hash_queue_depth());
+    state
+        .metrics
+        .set_argon2_buffers(state.tokens.secrets.hash_buffers());
     let stats = &state.stats;
     state.metrics.observe(&Observed {
         now,

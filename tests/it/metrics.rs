@@ -47,6 +47,7 @@ const SERIES: &[&str] = &[
     "latchkey_rate_limit_rejections_total",
     "latchkey_account_lockouts_total",
     "latchkey_argon2_queue_depth",
+    "latchkey_argon2_buffers",
     "latchkey_db_pool_connections_in_use",
     "latchkey_db_pool_connections_idle",
     "latchkey_keyring_active_key_age_seconds",
