@@ -6,7 +6,7 @@
 //! - verifying one of our access tokens (`token::verify::verify_access`) vs one
 //!   raw OpenSSL verification;
 //! - the refresh-token digest (`secret::refresh_token_digest`) vs raw SHA-256;
-//! - a password check (`Secrets::verify_password`: queue, blocking pool,
+//! - a password check (`Secrets::verify_password`: queue, hashing thread,
 //!   argon2id with the pepper) vs the `argon2` crate called directly with the
 //!   exact parameters read from a hash latchkey made.
 //!

@@ -287,7 +287,7 @@ def main():
     w("")
     w("Sign and verify: a whole access token (claims, JSON, base64url, the key ring's signer) "
       "against one OpenSSL signature or verification of an input of the same size. argon2id: "
-      "`Secrets::verify_password` (bounded queue, blocking pool, pepper) against the `argon2` "
+      "`Secrets::verify_password` (bounded queue, hashing thread, pepper) against the `argon2` "
       "crate called directly with the parameters read from a hash latchkey made.")
     w("")
     w("## Reproduce")
