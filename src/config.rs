@@ -2103,7 +2103,11 @@ mod tests {
         assert_eq!(per_user.interval, std::time::Duration::from_secs(6));
         assert_eq!(c.lockout.threshold, 5);
         assert_eq!(c.security.hashing.queue, 64);
-        assert!(c.security.hashing.concurrency >= 2);
+        assert_eq!(
+            c.security.hashing.concurrency,
+            crate::secret::default_hash_concurrency()
+        );
+        assert!(c.security.hashing.concurrency >= 1);
         let c = Config::from_toml_str(
             MINIMAL,
             env(&[
