@@ -334,7 +334,7 @@ impl Default for RawAuthorize {
 struct RawSecurity {
     pepper: Option<String>,
     pepper_file: Option<String>,
-    /// 0: two per CPU.
+    /// 0: one per CPU.
     hash_concurrency: usize,
     hash_queue: usize,
     hash_queue_wait_ms: u64,
