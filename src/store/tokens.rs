@@ -14,9 +14,9 @@
 //! `revocation_state.version` in the same transaction, so that caches of
 //! access-token checks in every process can see it.
 
-use sqlx::any::AnyRow;
 use std::sync::atomic::Ordering;
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Result, Store};
@@ -218,11 +218,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let n = revoke_family_in(&mut tx, id, now, reason).await?;
         if n {
-            bump_revocation_in(&mut tx).await?;
-        }
-        tx.commit().await?;
-        if n {
-            self.revoked_here();
+            self.commit_revocation(tx).await?;
+        } else {
+            tx.commit().await?;
         }
         Ok(n)
     }
@@ -241,9 +239,7 @@ impl Store {
             None => false,
         };
         deny_jti_in(&mut tx, jti, jti_expires_at).await?;
-        bump_revocation_in(&mut tx).await?;
-        tx.commit().await?;
-        self.revoked_here();
+        self.commit_revocation(tx).await?;
         Ok(ended)
     }
 
@@ -266,9 +262,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        bump_revocation_in(&mut tx).await?;
-        tx.commit().await?;
-        self.revoked_here();
+        self.commit_revocation(tx).await?;
         Ok(n)
     }
 
@@ -276,10 +270,7 @@ impl Store {
     pub async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<()> {
         let mut tx = self.begin_write().await?;
         deny_jti_in(&mut tx, jti, expires_at).await?;
-        bump_revocation_in(&mut tx).await?;
-        tx.commit().await?;
-        self.revoked_here();
-        Ok(())
+        self.commit_revocation(tx).await
     }
 
     /// Everything that can end an access token before its `exp`, in one round trip.
@@ -375,9 +366,23 @@ impl Store {
         self.revocations.load(Ordering::Acquire)
     }
 
-    /// A revocation by this process has committed.
-    pub(super) fn revoked_here(&self) {
+    /// A revocation by this process has committed, or another process's
+    /// was seen.
+    fn revoked_here(&self) {
         self.revocations.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Commit a transaction that ends access tokens early: bump
+    /// `revocation_state.version` in it (for other processes), commit, then
+    /// bump this process's generation (for its own cached checks) before the
+    /// caller answers. Every revoking write ends with this.
+    pub(super) async fn commit_revocation(&self, mut tx: Transaction<'static, Any>) -> Result<()> {
+        sqlx::query("UPDATE revocation_state SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.revoked_here();
+        Ok(())
     }
 
     /// Follow revocations made by other processes: read
@@ -457,11 +462,9 @@ impl Store {
         // A deleted session ends the access tokens that name it, as a
         // revocation does (cached checks must see it).
         if counts.sessions > 0 {
-            bump_revocation_in(&mut tx).await?;
-        }
-        tx.commit().await?;
-        if counts.sessions > 0 {
-            self.revoked_here();
+            self.commit_revocation(tx).await?;
+        } else {
+            tx.commit().await?;
         }
 
         let mut tx = self.begin_write().await?;
@@ -570,12 +573,5 @@ async fn deny_jti_in(
     .bind(expires_at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-pub(super) async fn bump_revocation_in(tx: &mut Transaction<'static, Any>) -> Result<()> {
-    sqlx::query("UPDATE revocation_state SET version = version + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }

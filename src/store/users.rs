@@ -207,10 +207,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        super::tokens::bump_revocation_in(&mut tx).await?;
         crate::audit::append(&mut tx, event).await?;
-        tx.commit().await?;
-        self.revoked_here();
+        self.commit_revocation(tx).await?;
         Ok(true)
     }
 
@@ -238,9 +236,7 @@ impl Store {
             .await?;
         let ended =
             super::tokens::revoke_user_sessions_in(&mut tx, &id, now, "password changed").await?;
-        super::tokens::bump_revocation_in(&mut tx).await?;
-        tx.commit().await?;
-        self.revoked_here();
+        self.commit_revocation(tx).await?;
         Ok(Some((id, ended)))
     }
 }
