@@ -70,7 +70,7 @@ struct HashPool {
     waiting: AtomicUsize,
     queue: usize,
     wait: Duration,
-    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Buffers allocated so far (at most one per hashing thread).
     buffers: Arc<AtomicUsize>,
 }
@@ -92,7 +92,7 @@ impl HashPool {
             waiting: AtomicUsize::new(0),
             queue: cfg.queue,
             wait: cfg.wait,
-            jobs: Mutex::new(tx),
+            jobs: tx,
             buffers,
         })
     }
@@ -131,8 +131,6 @@ impl HashPool {
             let _ = done.send(f(buffer));
         });
         self.jobs
-            .lock()
-            .map_err(|_| SecretError::Hash("hashing queue poisoned".into()))?
             .send(job)
             .map_err(|_| SecretError::Hash("the hashing threads stopped".into()))?;
         // A permit is held until the computation is over, so at most
@@ -332,7 +330,7 @@ impl Secrets {
     /// A new client secret and the digest to store for it.
     pub fn new_client_secret(&self) -> Result<(String, Vec<u8>), SecretError> {
         let secret = random_token()?;
-        let digest = self.client_secret_digest(&secret)?;
+        let digest = self.client_secret_digest(&secret);
         Ok((secret, digest))
     }
 
@@ -342,22 +340,17 @@ impl Secrets {
     /// after a lost response, or concurrent tabs — is answered with the same
     /// successor without the server ever storing a token in the clear; and
     /// unpredictable to anyone without the pepper, like a random token.
-    pub fn successor_token(&self, presented: &str) -> Result<String, SecretError> {
-        Ok(URL_SAFE_NO_PAD.encode(self.successor_key.mac(presented.as_bytes())))
+    pub fn successor_token(&self, presented: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.successor_key.mac(presented.as_bytes()))
     }
 
-    pub fn client_secret_digest(&self, secret: &str) -> Result<Vec<u8>, SecretError> {
-        Ok(self.client_key.mac(secret.as_bytes()).to_vec())
+    pub fn client_secret_digest(&self, secret: &str) -> Vec<u8> {
+        self.client_key.mac(secret.as_bytes()).to_vec()
     }
 
     /// Constant-time check of a presented client secret against its stored digest.
-    pub fn verify_client_secret(
-        &self,
-        presented: &str,
-        stored: &[u8],
-    ) -> Result<bool, SecretError> {
-        let digest = self.client_secret_digest(presented)?;
-        Ok(ct_eq(&digest, stored))
+    pub fn verify_client_secret(&self, presented: &str, stored: &[u8]) -> bool {
+        ct_eq(&self.client_secret_digest(presented), stored)
     }
 }
 
@@ -538,14 +531,10 @@ mod tests {
         let s = secrets(&[1u8; 32]);
         let (secret, digest) = s.new_client_secret().unwrap();
         assert_eq!(secret.len(), 43);
-        assert!(s.verify_client_secret(&secret, &digest).unwrap());
-        assert!(!s.verify_client_secret("nope", &digest).unwrap());
+        assert!(s.verify_client_secret(&secret, &digest));
+        assert!(!s.verify_client_secret("nope", &digest));
         assert_ne!(digest, sha256(secret.as_bytes()));
-        assert!(
-            !secrets(&[2u8; 32])
-                .verify_client_secret(&secret, &digest)
-                .unwrap()
-        );
+        assert!(!secrets(&[2u8; 32]).verify_client_secret(&secret, &digest));
     }
 
     #[tokio::test]
@@ -631,12 +620,12 @@ mod tests {
     fn successors_are_deterministic_keyed_and_distinct() {
         let s = secrets(&[4u8; 32]);
         let t = random_token().unwrap();
-        let next = s.successor_token(&t).unwrap();
+        let next = s.successor_token(&t);
         assert_eq!(next.len(), 43);
-        assert_eq!(next, s.successor_token(&t).unwrap());
+        assert_eq!(next, s.successor_token(&t));
         assert_ne!(next, t);
-        assert_ne!(next, s.successor_token(&next).unwrap());
-        assert_ne!(next, secrets(&[5u8; 32]).successor_token(&t).unwrap());
+        assert_ne!(next, s.successor_token(&next));
+        assert_ne!(next, secrets(&[5u8; 32]).successor_token(&t));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub async fn grant(
     if family.revoked_at.is_some() || family.expires_at <= now {
         return Err(invalid());
     }
-    let successor = svc.secrets.successor_token(presented).map_err(internal)?;
+    let successor = svc.secrets.successor_token(presented);
     if let Some(used_at) = state.token.used_at {
         // Already used: a retry of a lost response, or theft.
         return replay(svc, client, &state, used_at, successor, requested).await;
