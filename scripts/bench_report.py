@@ -88,6 +88,11 @@ def main():
     rsa_verify = 1e6 / speed["rsa_verify_per_s"]
     argon_raw_us = prims["argon2id"]["raw_us"]
 
+    # Scenarios whose server may use both cores (bench.sh widens its
+    # affinity): the refresh target is stated for 2 cores. Their rate limit is
+    # two cores divided by the CPU floor (the driver shares one of them).
+    SERVER_CORES = {"refresh-es256": 2, "refresh-rs256": 2}
+
     # name -> (limit CPU µs per request, how it is composed)
     limits = {
         "jwks": (s_cpu, "static reply"),
@@ -171,7 +176,7 @@ def main():
             # The JWKS is held to the static reply's measured rate (both are
             # bounded the same way when the driver is the bottleneck); the
             # others to one core divided by their CPU floor.
-            lim_rps = s_rps if key.startswith("jwks") else 1e6 / lim_cpu
+            lim_rps = s_rps if key.startswith("jwks") else SERVER_CORES.get(key, 1) * 1e6 / lim_cpu
             cpu = r["server"]["cpu_us_per_req"]
             tgt, ok = target_check(b, key, r, rps)
             mt(f"| {titles[key]} | {b} | {fmt_rate(rps)} | {fmt_rate(lim_rps)} | {pct(rps, lim_rps)} "
@@ -183,8 +188,10 @@ def main():
     w(f"Measured by `scripts/bench.sh{' --quick' if mode == 'quick' else ''}` on {now}, commit "
       f"`{a.commit}`, {mode} mode ({a.duration} s measured per scenario, c={a.concurrency}, "
       "closed loop, keep-alive). The server runs pinned to core 1 (`taskset -c 1`), the load "
-      "driver (`examples/load.rs`) on core 0. Every limit below was measured in the same run on "
-      "the same core, so the ratios hold even though the absolute numbers move with the machine.")
+      "driver (`examples/load.rs`) on core 0; for the refresh chains and the mixed load (whose "
+      "target is stated for 2 cores) the server may use both cores, beside the driver, and their "
+      "limit rate is two cores over the CPU floor. Every limit below was measured in the same run "
+      "on core 1, so the ratios hold even though the absolute numbers move with the machine.")
     w("")
     w(f"**Noise.** Load average {a.load_start} at the start and {a.load_end} at the end "
       "(this 2-core machine is shared with other builds, so both cores also ran other "
@@ -241,7 +248,7 @@ def main():
               f"| {s['cpu_utilisation'] or 0:.2f} | {r['driver_cpu_utilisation'] or 0:.2f} "
               f"| {r['tokens']['verified']} / {r['tokens']['bad']} |")
     w("")
-    w("*core busy*: the server's CPU time over the measured window (1.00 = its core was saturated); "
+    w("*core busy*: the server's CPU time over the measured window (1.00 = one core saturated; the refresh and mixed runs may reach 2.00); "
       "*driver busy*: the same for the load driver. A run where the driver is near 1.00 and the "
       "server below it measured the driver, not latchkey: its CPU-per-request ratio still holds.")
     w("")

@@ -67,6 +67,9 @@ pub async fn grant(
     }
     let now = svc.clock.now();
     let digest = secret::refresh_token_digest(presented);
+    // Announced before the state is read, so that the writer can wait for
+    // this rotation and commit it with the others in flight.
+    let intent = svc.store.announce_rotation();
     let Some(state) = svc.store.refresh_state(&digest).await.map_err(internal)? else {
         return Err(invalid());
     };
@@ -94,23 +97,26 @@ pub async fn grant(
         .min(family.expires_at);
     let outcome = svc
         .store
-        .rotate(Rotation {
-            presented: digest.clone(),
-            successor: secret::refresh_token_digest(&successor),
-            family_id: family.id.clone(),
-            now,
-            successor_expires_at,
-            // Written in the rotation's own transaction: no second write.
-            event: Some(
-                svc.audit
-                    .event(EventType::TokenRefresh)
-                    .client(&client.row.client_id)
-                    .user(&family.user_id)
-                    .session(&family.id)
-                    .context(ctx)
-                    .message("refresh token rotated"),
-            ),
-        })
+        .rotate(
+            Rotation {
+                presented: digest.clone(),
+                successor: secret::refresh_token_digest(&successor),
+                family_id: family.id.clone(),
+                now,
+                successor_expires_at,
+                // Written in the rotation's own transaction: no second write.
+                event: Some(
+                    svc.audit
+                        .event(EventType::TokenRefresh)
+                        .client(&client.row.client_id)
+                        .user(&family.user_id)
+                        .session(&family.id)
+                        .context(ctx)
+                        .message("refresh token rotated"),
+                ),
+            },
+            intent,
+        )
         .await
         .map_err(internal)?;
     match outcome {

@@ -26,27 +26,30 @@ pub struct AuditRow {
     pub detail: serde_json::Value,
 }
 
+/// The one statement that appends an event (also run by the direct SQLite
+/// rotation writer, with the same binds in the same order).
+pub(super) const INSERT: &str = "INSERT INTO events (at, actor, action, subject, detail, \
+     severity, user_id, client_id, ip, user_agent, session_id, data) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
 /// Insert `event` on `conn` — pass the open transaction of the change the
 /// event records (`&mut tx`), so both commit together.
 pub async fn insert(conn: &mut AnyConnection, e: &Event) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (at, actor, action, subject, detail, severity, user_id, client_id, \
-         ip, user_agent, session_id, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(e.at)
-    .bind(&e.actor)
-    .bind(e.kind.as_str())
-    .bind(e.subject.as_deref())
-    .bind(&e.message)
-    .bind(e.severity.as_str())
-    .bind(e.user.as_deref())
-    .bind(e.client.as_deref())
-    .bind(e.ip.map(|ip| ip.to_string()))
-    .bind(e.user_agent.as_deref())
-    .bind(e.session.as_deref())
-    .bind(e.detail.to_string())
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT)
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(e.kind.as_str())
+        .bind(e.subject.as_deref())
+        .bind(&e.message)
+        .bind(e.severity.as_str())
+        .bind(e.user.as_deref())
+        .bind(e.client.as_deref())
+        .bind(e.ip.map(|ip| ip.to_string()))
+        .bind(e.user_agent.as_deref())
+        .bind(e.session.as_deref())
+        .bind(e.detail.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

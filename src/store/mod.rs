@@ -13,10 +13,12 @@ pub mod audit;
 mod browser_sessions;
 mod clients;
 mod codes;
+mod columns;
 mod consents;
 mod events;
 mod keys;
 mod rotation;
+mod sqlite_direct;
 mod tokens;
 mod users;
 
@@ -35,7 +37,7 @@ pub use clients::ClientRow;
 pub use codes::{CodeRedemption, CodeRow, NewCode};
 pub use events::EventRow;
 pub use keys::{KeyRow, NewKeyRow, RingTx};
-pub use rotation::{RotateOutcome, Rotation};
+pub use rotation::{RotateOutcome, Rotation, RotationIntent};
 pub use tokens::{AccessState, FamilyRow, NewFamily, PurgeCounts, RefreshState, TokenState};
 pub use users::UserRow;
 
@@ -51,6 +53,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("rotation group failed: {0}")]
     Batch(String),
 }
@@ -86,12 +90,19 @@ pub struct Store {
     /// (another process revoked something). Caches of access-token checks
     /// (`session/live.rs`) are valid only at the generation they were filled.
     revocations: Arc<AtomicU64>,
+    /// Direct SQLite connections for the refresh grant's read
+    /// (`sqlite_direct.rs`); `None` on PostgreSQL.
+    direct: Option<Arc<sqlite_direct::Readers>>,
 }
 
 impl Store {
     /// Connect (creating a SQLite file and its directory if missing).
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        let sqlite_file = match &cfg.url {
+            DatabaseUrl::Sqlite(path) => Some(path.clone()),
+            DatabaseUrl::Postgres(_) => None,
+        };
         let (url, backend) = match &cfg.url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -126,8 +137,18 @@ impl Store {
             backend,
             writer: None,
             revocations: Arc::default(),
+            direct: None,
         };
-        store.writer = Some(rotation::RotationWriter::start(&store));
+        if let Some(path) = &sqlite_file {
+            store.direct = Some(Arc::new(sqlite_direct::Readers::new(
+                path,
+                store.refresh_state_sql(),
+            )));
+        }
+        store.writer = Some(rotation::RotationWriter::start(
+            &store,
+            sqlite_file.as_deref(),
+        )?);
         Ok(store)
     }
 

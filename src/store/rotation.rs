@@ -15,21 +15,30 @@
 //! only after the group committed, so an answered rotation is durable at the
 //! database's configured durability (SQLite `synchronous = FULL`).
 //!
-//! SQLite gets one writer (it has one write lock anyway); PostgreSQL gets a
-//! few, whose row locks are taken in digest order within a group.
+//! SQLite gets one writer (it has one write lock anyway), a thread with a
+//! direct connection of its own (`sqlite_direct.rs`) that also waits up to
+//! [`MAX_LINGER`] for rotations announced as on their way
+//! ([`Store::announce_rotation`]). PostgreSQL gets a few tasks on the pool,
+//! each rotation one statement (one round trip), whose row locks are taken in
+//! digest order within a group.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use sqlx::{Any, Transaction};
+use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Backend, Result, Store, StoreError};
+use super::{Backend, Result, Store, StoreError, sqlite_direct};
 use crate::clock::UnixTime;
 
 /// Most rotations committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 /// Rotations waiting for a writer before callers wait to enqueue.
 const QUEUE: usize = 4096;
+/// PostgreSQL writer tasks: row locks let groups commit side by side.
+const POSTGRES_WRITERS: usize = 4;
 
 /// One rotation: consume `presented`, store `successor`.
 #[derive(Debug, Clone)]
@@ -53,8 +62,8 @@ pub enum RotateOutcome {
     NotApplied,
 }
 
-struct Job {
-    rotation: Rotation,
+pub(super) struct Job {
+    pub(super) rotation: Rotation,
     reply: oneshot::Sender<Result<RotateOutcome>>,
 }
 
@@ -62,7 +71,30 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct RotationWriter {
     tx: mpsc::Sender<Job>,
+    /// Rotations announced but not yet queued ([`RotationIntent`]).
+    intents: Arc<AtomicUsize>,
 }
+
+/// A rotation on its way to the writer: its tokens are being signed. While
+/// any is outstanding, the SQLite writer keeps its group open (for at most
+/// [`MAX_LINGER`]) so that the rotation commits with the others instead of
+/// paying a commit of its own; with none outstanding it commits at once, so a
+/// lone refresh never waits. Dropped when the rotation is queued (or
+/// abandoned).
+#[derive(Debug)]
+#[must_use = "an intent counts until it is dropped"]
+pub struct RotationIntent(Option<Arc<AtomicUsize>>);
+
+impl Drop for RotationIntent {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Longest a group waits for announced rotations before it commits.
+pub(super) const MAX_LINGER: Duration = Duration::from_millis(1);
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,28 +105,38 @@ impl std::fmt::Debug for Job {
 impl RotationWriter {
     /// Start the writer tasks for `store`'s pool. They end when every
     /// [`Store`] clone (and so every sender) is gone.
-    pub(super) fn start(store: &Store) -> Self {
+    pub(super) fn start(store: &Store, sqlite_file: Option<&Path>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        let writers = match store.backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
-        };
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..writers {
-            let (pool, backend, rx) = (store.pool.clone(), store.backend, rx.clone());
-            let revocations = store.revocations.clone();
-            tokio::spawn(async move {
-                // A store without the writer, so this task holds no sender.
-                let store = Store {
-                    pool,
-                    backend,
-                    writer: None,
-                    revocations,
-                };
-                run(store, rx).await;
-            });
+        let intents = Arc::new(AtomicUsize::new(0));
+        match (store.backend, sqlite_file) {
+            (Backend::Sqlite, Some(path)) => {
+                sqlite_direct::spawn_writer(sqlite_direct::open(path)?, rx, intents.clone())?;
+            }
+            (Backend::Sqlite, None) => {
+                return Err(StoreError::Batch(
+                    "the SQLite rotation writer needs the database file".into(),
+                ));
+            }
+            (Backend::Postgres, _) => {
+                let rx = Arc::new(Mutex::new(rx));
+                for _ in 0..POSTGRES_WRITERS {
+                    let (pool, backend, rx) = (store.pool.clone(), store.backend, rx.clone());
+                    let revocations = store.revocations.clone();
+                    tokio::spawn(async move {
+                        // A store without the writer, so this task holds no sender.
+                        let store = Store {
+                            pool,
+                            backend,
+                            writer: None,
+                            revocations,
+                            direct: None,
+                        };
+                        run(store, rx).await;
+                    });
+                }
+            }
         }
-        Self { tx }
+        Ok(Self { tx, intents })
     }
 }
 
@@ -121,23 +163,27 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             // nothing of a failed group was committed.
             result = apply(&store, &batch).await;
         }
-        match result {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    // The event's log line follows its committed row.
-                    if outcome == RotateOutcome::Rotated
-                        && let Some(event) = &job.rotation.event
-                    {
-                        event.emit();
-                    }
-                    let _ = job.reply.send(Ok(outcome));
+        finish(batch, result.map_err(|e| e.to_string()));
+    }
+}
+
+/// Tell every caller of a group how it went, once the group committed (or
+/// failed as a whole). The event's log line follows its committed row.
+pub(super) fn finish(batch: Vec<Job>, result: std::result::Result<Vec<RotateOutcome>, String>) {
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                if outcome == RotateOutcome::Rotated
+                    && let Some(event) = &job.rotation.event
+                {
+                    event.emit();
                 }
+                let _ = job.reply.send(Ok(outcome));
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
-                }
+        }
+        Err(msg) => {
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
             }
         }
     }
@@ -153,60 +199,255 @@ async fn apply(store: &Store, batch: &[Job]) -> Result<Vec<RotateOutcome>> {
     Ok(out)
 }
 
+/// One rotation on PostgreSQL, in one statement (one round trip): the
+/// conditional consume, and only for a consumed token its successor, the
+/// session's `last_used_at` and the audit row. The data-modifying CTEs all
+/// see one snapshot and apply together or not at all.
+macro_rules! pg_rotate {
+    ($audit:expr) => {
+        concat!(
+            "WITH consumed AS (UPDATE refresh_tokens SET used_at = $1 \
+              WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 AND family_id = $3 \
+              AND EXISTS (SELECT 1 FROM token_families f \
+                          WHERE f.id = $3 AND f.revoked_at IS NULL AND f.expires_at > $1) \
+              RETURNING family_id), \
+             successor AS (INSERT INTO refresh_tokens (token_digest, family_id, issued_at, expires_at) \
+              SELECT $4, family_id, $1, $5 FROM consumed), \
+             touched AS (UPDATE token_families SET last_used_at = $1 \
+              WHERE id IN (SELECT family_id FROM consumed))",
+            $audit,
+            " SELECT count(*) AS consumed FROM consumed"
+        )
+    };
+}
+const PG_ROTATE: &str = pg_rotate!("");
+const PG_ROTATE_AUDITED: &str = pg_rotate!(
+    ", audited AS (INSERT INTO events (at, actor, action, subject, detail, severity, user_id, \
+     client_id, ip, user_agent, session_id, data) \
+     SELECT $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM consumed)"
+);
+
+/// Apply one rotation on PostgreSQL (the writer tasks' transaction).
 async fn apply_one(tx: &mut Transaction<'static, Any>, r: &Rotation) -> Result<RotateOutcome> {
-    let consumed = sqlx::query(
-        "UPDATE refresh_tokens SET used_at = $1 \
-         WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 AND family_id = $3 \
-         AND EXISTS (SELECT 1 FROM token_families f \
-                     WHERE f.id = $3 AND f.revoked_at IS NULL AND f.expires_at > $1)",
-    )
+    let query = sqlx::query(if r.event.is_some() {
+        PG_ROTATE_AUDITED
+    } else {
+        PG_ROTATE
+    })
     .bind(r.now)
     .bind(r.presented.clone())
     .bind(&r.family_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if consumed != 1 {
-        return Ok(RotateOutcome::NotApplied);
-    }
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_digest, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
-    )
     .bind(r.successor.clone())
-    .bind(&r.family_id)
-    .bind(r.now)
-    .bind(r.successor_expires_at)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE token_families SET last_used_at = $1 WHERE id = $2")
-        .bind(r.now)
-        .bind(&r.family_id)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(event) = &r.event {
-        super::audit::insert(tx, event).await?;
-    }
-    Ok(RotateOutcome::Rotated)
+    .bind(r.successor_expires_at);
+    let query = match &r.event {
+        Some(e) => query
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(e.kind.as_str())
+            .bind(e.subject.as_deref())
+            .bind(&e.message)
+            .bind(e.severity.as_str())
+            .bind(e.user.as_deref())
+            .bind(e.client.as_deref())
+            .bind(e.ip.map(|ip| ip.to_string()))
+            .bind(e.user_agent.as_deref())
+            .bind(e.session.as_deref())
+            .bind(e.detail.to_string()),
+        None => query,
+    };
+    let consumed: i64 = query.fetch_one(&mut **tx).await?.try_get("consumed")?;
+    Ok(if consumed == 1 {
+        RotateOutcome::Rotated
+    } else {
+        RotateOutcome::NotApplied
+    })
 }
 
 impl Store {
+    /// Announce a rotation that will reach [`Store::rotate`] once its tokens
+    /// are signed; pass the intent along with it.
+    pub fn announce_rotation(&self) -> RotationIntent {
+        RotationIntent(self.writer.as_ref().map(|w| {
+            w.intents.fetch_add(1, Ordering::AcqRel);
+            w.intents.clone()
+        }))
+    }
+
     /// Apply one rotation through the group-commit writer; returns once the
-    /// group holding it has committed.
-    pub async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome> {
+    /// group holding it has committed. `intent` (from
+    /// [`Store::announce_rotation`]) is released as the rotation is queued.
+    pub async fn rotate(
+        &self,
+        rotation: Rotation,
+        intent: RotationIntent,
+    ) -> Result<RotateOutcome> {
         let Some(writer) = &self.writer else {
-            // Only the writer tasks' own handle lacks a writer; they never rotate.
+            // Only the PostgreSQL writer tasks' own handle lacks a writer;
+            // they never rotate.
             let mut tx = self.begin_write().await?;
             let out = apply_one(&mut tx, &rotation).await?;
             tx.commit().await?;
             return Ok(out);
         };
         let (reply, rx) = oneshot::channel();
-        writer
-            .tx
-            .send(Job { rotation, reply })
-            .await
-            .map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?;
+        let sent = writer.tx.send(Job { rotation, reply }).await;
+        drop(intent);
+        sent.map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::audit::{Event, EventType};
+    use crate::config::{DatabaseConfig, DatabaseUrl};
+    use crate::store::{ClientRow, NewFamily};
+
+    const NOW: UnixTime = 1_000_000;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let store = Store::connect(&DatabaseConfig {
+            url: DatabaseUrl::Sqlite(dir.path().join("lk.db")),
+            max_connections: 4,
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let event = Event::new(EventType::TokenRefresh, NOW);
+        store
+            .create_user("u1", "alice", "hash", None, &[], NOW, &event)
+            .await
+            .unwrap();
+        let client = ClientRow {
+            client_id: "app".into(),
+            secret_digest: None,
+            is_public: true,
+            grant_types: "refresh_token".into(),
+            scopes: "openid".into(),
+            token_alg: "ES256".into(),
+            created_at: NOW,
+            redirect_uris: String::new(),
+            post_logout_redirect_uris: String::new(),
+            first_party: true,
+            refresh_cookie: false,
+            origins: String::new(),
+            may_introspect: false,
+        };
+        store.create_client(&client, &event).await.unwrap();
+        for (family, digest) in [("f1", b"t1"), ("f2", b"t2")] {
+            store
+                .create_family(
+                    NewFamily {
+                        id: family,
+                        user_id: "u1",
+                        client_id: "app",
+                        scope: "openid",
+                        auth_time: NOW,
+                        now: NOW,
+                        expires_at: NOW + 3600,
+                        device_label: None,
+                        client_ip: None,
+                    },
+                    digest,
+                    NOW + 600,
+                )
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    fn rotation(presented: &[u8], successor: &[u8], family: &str, now: UnixTime) -> Rotation {
+        Rotation {
+            presented: presented.to_vec(),
+            successor: successor.to_vec(),
+            family_id: family.into(),
+            now,
+            successor_expires_at: now + 600,
+            event: Some(
+                Event::new(EventType::TokenRefresh, now)
+                    .session(family)
+                    .message("refresh token rotated"),
+            ),
+        }
+    }
+
+    async fn refresh_events(store: &Store) -> usize {
+        store
+            .list_events(Some(EventType::TokenRefresh.as_str()), 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.detail == "refresh token rotated")
+            .count()
+    }
+
+    /// Rotations sent at once share groups on the direct SQLite writer, yet
+    /// each is decided on its own: of two presentations of one token exactly
+    /// one applies, a rotation of an ended session writes nothing, and only
+    /// applied rotations leave a successor and an audit row.
+    #[tokio::test]
+    async fn a_group_applies_each_rotation_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        store.revoke_family("f2", NOW, "test").await.unwrap();
+        let now = NOW + 10;
+        // Announced together (as concurrent refreshes are), so the writer
+        // holds its group open for all four.
+        let intents: Vec<_> = (0..4).map(|_| store.announce_rotation()).collect();
+        let mut intents = intents.into_iter();
+        let mut next = || intents.next().unwrap();
+        let (a, b, c, d) = tokio::join!(
+            store.rotate(rotation(b"t1", b"s1", "f1", now), next()),
+            store.rotate(rotation(b"t1", b"s1", "f1", now), next()),
+            store.rotate(rotation(b"t2", b"s2", "f2", now), next()),
+            // A token that does not exist.
+            store.rotate(rotation(b"nope", b"s3", "f1", now), next()),
+        );
+        let outcomes = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == RotateOutcome::Rotated)
+                .count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2], RotateOutcome::NotApplied);
+        assert_eq!(outcomes[3], RotateOutcome::NotApplied);
+
+        let (family, consumed) = store.refresh_token(b"t1").await.unwrap().unwrap();
+        assert_eq!((family.as_str(), consumed.used_at), ("f1", Some(now)));
+        let (_, successor) = store.refresh_token(b"s1").await.unwrap().unwrap();
+        assert_eq!((successor.issued_at, successor.used_at), (now, None));
+        assert!(store.refresh_token(b"s2").await.unwrap().is_none());
+        assert!(store.refresh_token(b"s3").await.unwrap().is_none());
+        let (_, untouched) = store.refresh_token(b"t2").await.unwrap().unwrap();
+        assert_eq!(untouched.used_at, None);
+        assert_eq!(refresh_events(&store).await, 1);
+        let f1 = store.find_family("f1").await.unwrap().unwrap();
+        assert_eq!(f1.last_used_at, now);
+    }
+
+    /// The direct read of the refresh state and the read through the pool
+    /// decode the same row the same way.
+    #[tokio::test]
+    async fn the_direct_read_matches_the_pool_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let mut pooled = store.clone();
+        pooled.direct = None;
+        for digest in [&b"t1"[..], b"absent"] {
+            let direct = store.refresh_state(digest).await.unwrap();
+            let through_pool = pooled.refresh_state(digest).await.unwrap();
+            assert_eq!(format!("{direct:?}"), format!("{through_pool:?}"));
+        }
+        let state = store.refresh_state(b"t1").await.unwrap().unwrap();
+        assert_eq!(state.family.id, "f1");
+        assert_eq!(state.user.unwrap().username, "alice");
+        assert_eq!(state.token.expires_at, NOW + 600);
     }
 }

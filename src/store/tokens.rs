@@ -16,7 +16,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sqlx::any::AnyRow;
+use super::columns::Columns;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Result, Store};
@@ -38,22 +38,20 @@ pub struct FamilyRow {
     pub client_ip: Option<String>,
 }
 
-fn family(row: &AnyRow) -> Result<FamilyRow> {
-    let created_at: UnixTime = row.try_get("created_at")?;
+pub(super) fn family(row: &impl Columns) -> Result<FamilyRow> {
+    let created_at: UnixTime = row.int("created_at")?;
     Ok(FamilyRow {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        client_id: row.try_get("client_id")?,
-        scope: row.try_get("scope")?,
-        auth_time: row.try_get("auth_time")?,
+        id: row.text("id")?,
+        user_id: row.text("user_id")?,
+        client_id: row.text("client_id")?,
+        scope: row.text("scope")?,
+        auth_time: row.int("auth_time")?,
         created_at,
-        last_used_at: row
-            .try_get::<Option<UnixTime>, _>("last_used_at")?
-            .unwrap_or(created_at),
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        device_label: row.try_get("device_label")?,
-        client_ip: row.try_get("client_ip")?,
+        last_used_at: row.opt_int("last_used_at")?.unwrap_or(created_at),
+        expires_at: row.int("expires_at")?,
+        revoked_at: row.opt_int("revoked_at")?,
+        device_label: row.opt_text("device_label")?,
+        client_ip: row.opt_text("client_ip")?,
     })
 }
 
@@ -143,31 +141,33 @@ impl Store {
 
     /// A refresh token with its session and user, read without taking a lock.
     pub async fn refresh_state(&self, digest: &[u8]) -> Result<Option<RefreshState>> {
-        // One round trip on the hot path: the roles come along too.
+        if let Some(direct) = &self.direct {
+            match direct.refresh_state(digest) {
+                Ok(state) => return Ok(state),
+                // A busy or failed direct read is answered through the pool.
+                Err(e) => {
+                    tracing::warn!(error = %e, "direct SQLite read failed; reading through the pool")
+                }
+            }
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.refresh_state_sql()))
+            .bind(digest.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(refresh_state_of).transpose()
+    }
+
+    /// The one query of [`Store::refresh_state`] (the roles come along too,
+    /// so the hot path makes one round trip).
+    pub(super) fn refresh_state_sql(&self) -> String {
         let roles = self.roles_of("f.user_id");
         let user_columns = super::users::JOINED_USER_COLUMNS;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        format!(
             "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
              t.used_at AS t_used_at, {user_columns}, {roles} AS u_roles \
              FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
-        )))
-        .bind(digest.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let user = super::users::joined_user(&row)?;
-        let roles = split_roles(row.try_get("u_roles")?);
-        Ok(Some(RefreshState {
-            roles,
-            token: TokenState {
-                issued_at: row.try_get("t_issued_at")?,
-                expires_at: row.try_get("t_expires_at")?,
-                used_at: row.try_get("t_used_at")?,
-            },
-            family: family(&row)?,
-            user,
-        }))
+        )
     }
 
     /// One refresh token's state, if it exists.
@@ -339,7 +339,7 @@ impl Store {
 
     /// A scalar subquery: the roles of the user `user_expr` names, sorted and
     /// space-joined (role names contain no spaces), or NULL.
-    fn roles_of(&self, user_expr: &str) -> String {
+    pub(super) fn roles_of(&self, user_expr: &str) -> String {
         match self.backend {
             super::Backend::Sqlite => format!(
                 "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
@@ -501,6 +501,20 @@ impl Store {
 }
 
 /// The roles of a [`Store::roles_of`] column.
+/// A row selected by [`Store::refresh_state_sql`].
+pub(super) fn refresh_state_of(row: &impl Columns) -> Result<RefreshState> {
+    Ok(RefreshState {
+        roles: split_roles(row.opt_text("u_roles")?),
+        token: TokenState {
+            issued_at: row.int("t_issued_at")?,
+            expires_at: row.int("t_expires_at")?,
+            used_at: row.opt_int("t_used_at")?,
+        },
+        family: family(row)?,
+        user: super::users::joined_user(row)?,
+    })
+}
+
 fn split_roles(joined: Option<String>) -> Vec<String> {
     joined
         .map(|r| {

@@ -3,6 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::columns::Columns;
 use super::{Result, Store, StoreError};
 use crate::clock::UnixTime;
 
@@ -41,19 +42,19 @@ pub(super) const JOINED_USER_COLUMNS: &str = "u.id AS u_id, u.username AS u_user
 
 /// The user of a row selected with [`JOINED_USER_COLUMNS`]; `None` when the
 /// (left) join found no user.
-pub(super) fn joined_user(row: &AnyRow) -> Result<Option<UserRow>> {
-    let Some(id) = row.try_get::<Option<String>, _>("u_id")? else {
+pub(super) fn joined_user(row: &impl Columns) -> Result<Option<UserRow>> {
+    let Some(id) = row.opt_text("u_id")? else {
         return Ok(None);
     };
     Ok(Some(UserRow {
         id,
-        username: row.try_get("u_username")?,
-        password_hash: row.try_get("u_password_hash")?,
-        email: row.try_get("u_email")?,
-        disabled: row.try_get::<i64, _>("u_disabled")? != 0,
-        created_at: row.try_get("u_created_at")?,
-        failed_logins: row.try_get("u_failed_logins")?,
-        locked_until: row.try_get("u_locked_until")?,
+        username: row.text("u_username")?,
+        password_hash: row.text("u_password_hash")?,
+        email: row.opt_text("u_email")?,
+        disabled: row.int("u_disabled")? != 0,
+        created_at: row.int("u_created_at")?,
+        failed_logins: row.int("u_failed_logins")?,
+        locked_until: row.opt_int("u_locked_until")?,
     }))
 }
 
