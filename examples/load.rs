@@ -82,11 +82,12 @@ struct Args {
     path: String,
     #[arg(long)]
     client_id: Option<String>,
-    #[arg(long)]
+    /// Secrets may start with `-` (base64url): taken as values, not flags.
+    #[arg(long, allow_hyphen_values = true)]
     client_secret: Option<String>,
     #[arg(long)]
     username: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     password: Option<String>,
     /// Scope requested by password logins and client_credentials.
     #[arg(long)]

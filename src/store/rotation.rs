@@ -203,11 +203,17 @@ async fn apply(store: &Store, batch: &[Job]) -> Result<Vec<RotateOutcome>> {
 /// conditional consume, and only for a consumed token its successor, the
 /// session's `last_used_at` and the audit row. The data-modifying CTEs all
 /// see one snapshot and apply together or not at all.
+///
+/// The token is found by its digest alone. Its family is the one the grant
+/// read from that same row (a token's family never changes), so the family
+/// is checked only in `token_families`: a `family_id` condition on
+/// `refresh_tokens` let PostgreSQL's cached generic plan walk the family
+/// index, every token of a long refresh chain, instead of the primary key.
 macro_rules! pg_rotate {
     ($audit:expr) => {
         concat!(
             "WITH consumed AS (UPDATE refresh_tokens SET used_at = $1 \
-              WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 AND family_id = $3 \
+              WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 \
               AND EXISTS (SELECT 1 FROM token_families f \
                           WHERE f.id = $3 AND f.revoked_at IS NULL AND f.expires_at > $1) \
               RETURNING family_id), \

@@ -177,9 +177,11 @@ fn apply_group(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<Vec<Rot
 /// consumed the token, the successor, the session's `last_used_at` and the
 /// audit row (the same decisions as the PostgreSQL statement in
 /// `rotation.rs`). `$N` placeholders first appear in order, so SQLite numbers
-/// them as the binds are listed.
+/// them as the binds are listed. The token is found by its digest alone (see
+/// the PostgreSQL statement for why the family is checked only in
+/// `token_families`).
 const CONSUME: &str = "UPDATE refresh_tokens SET used_at = $1 \
-     WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 AND family_id = $3 \
+     WHERE token_digest = $2 AND used_at IS NULL AND expires_at > $1 \
      AND EXISTS (SELECT 1 FROM token_families f \
                  WHERE f.id = $3 AND f.revoked_at IS NULL AND f.expires_at > $1)";
 const INSERT_SUCCESSOR: &str = "INSERT INTO refresh_tokens \
