@@ -178,7 +178,10 @@ run_backend() {
         --scopes "$SCOPES" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
 
     log "$name: latchkey serve on core $SERVER_CPU"
-    env "${env[@]}" taskset -c "$SERVER_CPU" "$BIN" --config "$ROOT/config/latchkey.toml" serve \
+    # Started on both cores, so that it sizes its runtime and hashing threads
+    # for this machine (two), then pinned to one core: the refresh scenarios
+    # below widen it again and must find the same threads.
+    env "${env[@]}" taskset -c "$DRIVER_CPU,$SERVER_CPU" "$BIN" --config "$ROOT/config/latchkey.toml" serve \
         >"$dir/server.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
@@ -186,6 +189,7 @@ run_backend() {
         tail -20 "$dir/server.log" >&2
         exit 1
     fi
+    taskset -a -p -c "$SERVER_CPU" "$pid" >/dev/null
     sleep 1
     rss_kib "$pid" >"$RUN/$name-rss-idle"
 

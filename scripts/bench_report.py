@@ -187,7 +187,8 @@ def main():
     w("")
     w(f"Measured by `scripts/bench.sh{' --quick' if mode == 'quick' else ''}` on {now}, commit "
       f"`{a.commit}`, {mode} mode ({a.duration} s measured per scenario, c={a.concurrency}, "
-      "closed loop, keep-alive). The server runs pinned to core 1 (`taskset -c 1`), the load "
+      "closed loop, keep-alive). The server starts on both cores (so it sizes its runtime and "
+      "hashing threads for this machine) and is then pinned to core 1 (`taskset -a -p -c 1`), the load "
       "driver (`examples/load.rs`) on core 0; for the refresh chains and the mixed load (whose "
       "target is stated for 2 cores) the server may use both cores, beside the driver, and their "
       "limit rate is two cores over the CPU floor. Every limit below was measured in the same run "
