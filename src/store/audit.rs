@@ -1,7 +1,9 @@
 //! Audit event rows: append (on the caller's transaction or alone), filtered
 //! pages by id, and batched deletion past retention.
 
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 
 use super::{Result, Store};
 use crate::audit::{AuditQuery, Event};
@@ -32,11 +34,13 @@ pub(super) const INSERT: &str = "INSERT INTO events (at, actor, action, subject,
      severity, user_id, client_id, ip, user_agent, session_id, data) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// Insert `event` on `conn` — pass the open transaction of the change the
-/// event records (`&mut tx`), so both commit together.
-pub async fn insert(conn: &mut AnyConnection, e: &Event) -> Result<()> {
-    sqlx::query(INSERT)
-        .bind(e.at)
+/// Bind `e`'s columns in [`INSERT`]'s order, after whatever `q` already
+/// binds (the PostgreSQL rotation statement appends the event's twelve).
+pub(super) fn bind_event<'q>(
+    q: Query<'q, Any, AnyArguments>,
+    e: &'q Event,
+) -> Query<'q, Any, AnyArguments> {
+    q.bind(e.at)
         .bind(&e.actor)
         .bind(e.kind.as_str())
         .bind(e.subject.as_deref())
@@ -48,8 +52,12 @@ pub async fn insert(conn: &mut AnyConnection, e: &Event) -> Result<()> {
         .bind(e.user_agent.as_deref())
         .bind(e.session.as_deref())
         .bind(e.detail.to_string())
-        .execute(conn)
-        .await?;
+}
+
+/// Insert `event` on `conn` — pass the open transaction of the change the
+/// event records (`&mut tx`), so both commit together.
+pub async fn insert(conn: &mut AnyConnection, e: &Event) -> Result<()> {
+    bind_event(sqlx::query(INSERT), e).execute(conn).await?;
     Ok(())
 }
 

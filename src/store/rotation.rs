@@ -246,19 +246,7 @@ async fn apply_one(tx: &mut Transaction<'static, Any>, r: &Rotation) -> Result<R
     .bind(r.successor.clone())
     .bind(r.successor_expires_at);
     let query = match &r.event {
-        Some(e) => query
-            .bind(e.at)
-            .bind(&e.actor)
-            .bind(e.kind.as_str())
-            .bind(e.subject.as_deref())
-            .bind(&e.message)
-            .bind(e.severity.as_str())
-            .bind(e.user.as_deref())
-            .bind(e.client.as_deref())
-            .bind(e.ip.map(|ip| ip.to_string()))
-            .bind(e.user_agent.as_deref())
-            .bind(e.session.as_deref())
-            .bind(e.detail.to_string()),
+        Some(e) => super::audit::bind_event(query, e),
         None => query,
     };
     let consumed: i64 = query.fetch_one(&mut **tx).await?.try_get("consumed")?;

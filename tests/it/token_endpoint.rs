@@ -312,17 +312,19 @@ async fn unknown_user_and_wrong_password_cost_comparable_time() {
     };
     let mut known = Vec::new();
     let mut unknown = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..9 {
         known.push(time("alice").await);
         unknown.push(time("mallory").await);
     }
     known.sort();
     unknown.sort();
-    let (k, u) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
+    let (k, u) = (known[4].as_secs_f64(), unknown[4].as_secs_f64());
     // Both paths run one argon2id verification; a lookup-only shortcut for an
-    // unknown user would be many times faster.
+    // unknown user would be some fifty times faster. The bounds leave room for
+    // a loaded machine, where the wrong password's lockout write (which an
+    // unknown user has no row for) can wait on the database.
     assert!(
-        u > k * 0.5 && u < k * 2.0,
+        u > k / 3.0 && u < k * 3.0,
         "median wrong-password {k:.4}s vs unknown-user {u:.4}s"
     );
 }
