@@ -99,11 +99,7 @@ impl Store {
     /// Connect (creating a SQLite file and its directory if missing).
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let sqlite_file = match &cfg.url {
-            DatabaseUrl::Sqlite(path) => Some(path.clone()),
-            DatabaseUrl::Postgres(_) => None,
-        };
-        let (url, backend) = match &cfg.url {
+        let (url, backend, sqlite_file) = match &cfg.url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
@@ -111,9 +107,10 @@ impl Store {
                 (
                     format!("sqlite://{}?mode=rwc", path.display()),
                     Backend::Sqlite,
+                    Some(path.as_path()),
                 )
             }
-            DatabaseUrl::Postgres(url) => (url.clone(), Backend::Postgres),
+            DatabaseUrl::Postgres(url) => (url.clone(), Backend::Postgres, None),
         };
         let options = AnyConnectOptions::from_str(&url)?;
         // No ping before handing out a pooled connection: it is a round trip
@@ -139,16 +136,8 @@ impl Store {
             revocations: Arc::default(),
             direct: None,
         };
-        if let Some(path) = &sqlite_file {
-            store.direct = Some(Arc::new(sqlite_direct::Readers::new(
-                path,
-                store.refresh_state_sql(),
-            )));
-        }
-        store.writer = Some(rotation::RotationWriter::start(
-            &store,
-            sqlite_file.as_deref(),
-        )?);
+        store.direct = sqlite_file.map(|path| Arc::new(sqlite_direct::Readers::new(path)));
+        store.writer = Some(rotation::RotationWriter::start(&store, sqlite_file)?);
         Ok(store)
     }
 

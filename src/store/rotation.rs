@@ -71,16 +71,18 @@ pub(super) struct Job {
 #[derive(Debug, Clone)]
 pub struct RotationWriter {
     tx: mpsc::Sender<Job>,
-    /// Rotations announced but not yet queued ([`RotationIntent`]).
-    intents: Arc<AtomicUsize>,
+    /// Rotations announced but not yet queued ([`RotationIntent`]); only
+    /// the SQLite writer waits for them.
+    intents: Option<Arc<AtomicUsize>>,
 }
 
 /// A rotation on its way to the writer: its tokens are being signed. While
 /// any is outstanding, the SQLite writer keeps its group open (for at most
 /// [`MAX_LINGER`]) so that the rotation commits with the others instead of
 /// paying a commit of its own; with none outstanding it commits at once, so a
-/// lone refresh never waits. Dropped when the rotation is queued (or
-/// abandoned).
+/// lone refresh never waits. Released just before the rotation is queued
+/// (or when it is abandoned), so the writer never waits for a rotation it
+/// already holds. On PostgreSQL it counts nothing.
 #[derive(Debug)]
 #[must_use = "an intent counts until it is dropped"]
 pub struct RotationIntent(Option<Arc<AtomicUsize>>);
@@ -107,10 +109,11 @@ impl RotationWriter {
     /// [`Store`] clone (and so every sender) is gone.
     pub(super) fn start(store: &Store, sqlite_file: Option<&Path>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        let intents = Arc::new(AtomicUsize::new(0));
-        match (store.backend, sqlite_file) {
+        let intents = match (store.backend, sqlite_file) {
             (Backend::Sqlite, Some(path)) => {
+                let intents = Arc::new(AtomicUsize::new(0));
                 sqlite_direct::spawn_writer(sqlite_direct::open(path)?, rx, intents.clone())?;
+                Some(intents)
             }
             (Backend::Sqlite, None) => {
                 return Err(StoreError::Batch(
@@ -134,8 +137,9 @@ impl RotationWriter {
                         run(store, rx).await;
                     });
                 }
+                None
             }
-        }
+        };
         Ok(Self { tx, intents })
     }
 }
@@ -261,9 +265,10 @@ impl Store {
     /// Announce a rotation that will reach [`Store::rotate`] once its tokens
     /// are signed; pass the intent along with it.
     pub fn announce_rotation(&self) -> RotationIntent {
-        RotationIntent(self.writer.as_ref().map(|w| {
-            w.intents.fetch_add(1, Ordering::AcqRel);
-            w.intents.clone()
+        let intents = self.writer.as_ref().and_then(|w| w.intents.as_ref());
+        RotationIntent(intents.map(|n| {
+            n.fetch_add(1, Ordering::AcqRel);
+            n.clone()
         }))
     }
 
@@ -284,9 +289,12 @@ impl Store {
             return Ok(out);
         };
         let (reply, rx) = oneshot::channel();
-        let sent = writer.tx.send(Job { rotation, reply }).await;
         drop(intent);
-        sent.map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?;
+        writer
+            .tx
+            .send(Job { rotation, reply })
+            .await
+            .map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Batch("the rotation writer has stopped".into()))?
     }
@@ -379,18 +387,18 @@ mod tests {
             .count()
     }
 
-    /// Rotations sent at once share groups on the direct SQLite writer, yet
-    /// each is decided on its own: of two presentations of one token exactly
-    /// one applies, a rotation of an ended session writes nothing, and only
-    /// applied rotations leave a successor and an audit row.
+    /// Rotations announced and sent together (so the direct SQLite writer
+    /// may group them) are each decided on their own: of two presentations
+    /// of one token exactly one applies, a rotation of an ended session or
+    /// of an unknown token writes nothing, and only the applied rotation
+    /// leaves a successor, a `last_used_at` and an audit row.
     #[tokio::test]
     async fn a_group_applies_each_rotation_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         store.revoke_family("f2", NOW, "test").await.unwrap();
         let now = NOW + 10;
-        // Announced together (as concurrent refreshes are), so the writer
-        // holds its group open for all four.
+        // Announced together, as concurrent refreshes are.
         let intents: Vec<_> = (0..4).map(|_| store.announce_rotation()).collect();
         let mut intents = intents.into_iter();
         let mut next = || intents.next().unwrap();

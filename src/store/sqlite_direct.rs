@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::Result;
 use super::rotation::{Job, MAX_BATCH, MAX_LINGER, RotateOutcome, Rotation, finish};
-use super::tokens::{RefreshState, refresh_state_of};
+use super::tokens::{RefreshState, refresh_state_of, refresh_state_sql};
+use super::{Backend, Result};
 
 /// How often a lingering group looks for newly queued rotations.
 const LINGER_STEP: Duration = Duration::from_micros(50);
@@ -45,7 +45,6 @@ const MAX_IDLE_READERS: usize = 8;
 /// Direct read connections to the database file, opened on demand.
 pub(super) struct Readers {
     path: PathBuf,
-    refresh_state_sql: String,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -58,10 +57,9 @@ impl std::fmt::Debug for Readers {
 }
 
 impl Readers {
-    pub(super) fn new(path: &Path, refresh_state_sql: String) -> Self {
+    pub(super) fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
-            refresh_state_sql,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -69,7 +67,7 @@ impl Readers {
     /// [`Store::refresh_state`](super::Store::refresh_state) on a direct connection.
     pub(super) fn refresh_state(&self, digest: &[u8]) -> Result<Option<RefreshState>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare_cached(&self.refresh_state_sql)?;
+            let mut stmt = conn.prepare_cached(refresh_state_sql(Backend::Sqlite))?;
             let mut rows = stmt.query([digest])?;
             rows.next()?.map(refresh_state_of).transpose()
         })

@@ -14,12 +14,13 @@
 //! `revocation_state.version` in the same transaction, so that caches of
 //! access-token checks in every process can see it.
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
 use super::columns::Columns;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::clock::UnixTime;
 
 #[derive(Debug, Clone)]
@@ -150,24 +151,11 @@ impl Store {
                 }
             }
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.refresh_state_sql()))
+        let row = sqlx::query(sqlx::AssertSqlSafe(refresh_state_sql(self.backend)))
             .bind(digest.to_vec())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(refresh_state_of).transpose()
-    }
-
-    /// The one query of [`Store::refresh_state`] (the roles come along too,
-    /// so the hot path makes one round trip).
-    pub(super) fn refresh_state_sql(&self) -> String {
-        let roles = self.roles_of("f.user_id");
-        let user_columns = super::users::JOINED_USER_COLUMNS;
-        format!(
-            "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
-             t.used_at AS t_used_at, {user_columns}, {roles} AS u_roles \
-             FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
-             LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
-        )
     }
 
     /// One refresh token's state, if it exists.
@@ -339,16 +327,8 @@ impl Store {
 
     /// A scalar subquery: the roles of the user `user_expr` names, sorted and
     /// space-joined (role names contain no spaces), or NULL.
-    pub(super) fn roles_of(&self, user_expr: &str) -> String {
-        match self.backend {
-            super::Backend::Sqlite => format!(
-                "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
-                 WHERE user_id = {user_expr} ORDER BY role))"
-            ),
-            super::Backend::Postgres => format!(
-                "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = {user_expr})"
-            ),
-        }
+    fn roles_of(&self, user_expr: &str) -> String {
+        roles_sql(self.backend, user_expr)
     }
 
     /// The counter bumped by every revocation (see the module docs).
@@ -500,8 +480,41 @@ impl Store {
     }
 }
 
-/// The roles of a [`Store::roles_of`] column.
-/// A row selected by [`Store::refresh_state_sql`].
+/// [`Store::roles_of`] for `backend`.
+fn roles_sql(backend: Backend, user_expr: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "(SELECT group_concat(role, ' ') FROM (SELECT role FROM user_roles \
+             WHERE user_id = {user_expr} ORDER BY role))"
+        ),
+        Backend::Postgres => format!(
+            "(SELECT string_agg(role, ' ' ORDER BY role) FROM user_roles WHERE user_id = {user_expr})"
+        ),
+    }
+}
+
+/// The one query of [`Store::refresh_state`] on `backend`, built once (the
+/// roles come along too, so the hot path makes one round trip).
+pub(super) fn refresh_state_sql(backend: Backend) -> &'static str {
+    fn build(backend: Backend) -> String {
+        let roles = roles_sql(backend, "f.user_id");
+        let user_columns = super::users::JOINED_USER_COLUMNS;
+        format!(
+            "SELECT {FAMILY_COLUMNS}, t.issued_at AS t_issued_at, t.expires_at AS t_expires_at, \
+             t.used_at AS t_used_at, {user_columns}, {roles} AS u_roles \
+             FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+             LEFT JOIN users u ON u.id = f.user_id WHERE t.token_digest = $1"
+        )
+    }
+    static SQLITE: LazyLock<String> = LazyLock::new(|| build(Backend::Sqlite));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| build(Backend::Postgres));
+    match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
+}
+
+/// A row selected by [`refresh_state_sql`].
 pub(super) fn refresh_state_of(row: &impl Columns) -> Result<RefreshState> {
     Ok(RefreshState {
         roles: split_roles(row.opt_text("u_roles")?),
@@ -515,6 +528,7 @@ pub(super) fn refresh_state_of(row: &impl Columns) -> Result<RefreshState> {
     })
 }
 
+/// The roles of a [`Store::roles_of`] column.
 fn split_roles(joined: Option<String>) -> Vec<String> {
     joined
         .map(|r| {
