@@ -159,8 +159,11 @@ async fn errors_are_counted_by_status_and_oauth_code() {
             "2",
             "--client-id",
             "cc",
+            // Secrets are base64url, so one in 64 starts with `-`: the
+            // driver must take it as the value, not as a flag, and the
+            // server must be the one refusing it.
             "--client-secret",
-            "not-the-secret",
+            "-not-the-secret",
         ],
     )
     .await;
@@ -254,39 +257,6 @@ async fn a_fast_wrong_answer_fails_the_run() {
             .as_str()
             .unwrap()
             .contains("Signature"),
-        "{r:#}"
-    );
-}
-
-/// Client secrets are base64url, so one in 64 starts with `-`: the driver
-/// must take it as the value of `--client-secret`, not as a flag. A wrong
-/// secret that starts with `-` reaches the server and is refused there.
-#[tokio::test]
-async fn a_secret_that_starts_with_a_hyphen_is_a_value() {
-    let app = TestApp::spawn_with(Options::unlimited()).await;
-    app.create_client("cc", "client_credentials", "api:read", "ES256")
-        .await;
-    let (code, r) = run(
-        &app.url(""),
-        &[
-            "--scenario",
-            "client-credentials",
-            "-c",
-            "1",
-            "--client-id",
-            "cc",
-            "--client-secret",
-            "-not-the-secret",
-            "--scope",
-            "api:read",
-        ],
-    )
-    .await;
-    assert_eq!(code, 3, "no request can succeed with a wrong secret: {r:#}");
-    let class = &r["classes"]["client_credentials"];
-    assert_eq!(class["ok"], 0, "{r:#}");
-    assert!(
-        class["errors"]["401 invalid_client"].as_u64().unwrap() > 0,
         "{r:#}"
     );
 }
