@@ -121,7 +121,8 @@ pub async fn grant(
         .map_err(internal)?;
     match outcome {
         RotateOutcome::Rotated => {
-            tracing::info!(client_id = %client.row.client_id, family = %family.id, "refresh token rotated");
+            // Debug: the rotation's audit row and the request line record it.
+            tracing::debug!(client_id = %client.row.client_id, family = %family.id, "refresh token rotated");
             Ok(response)
         }
         RotateOutcome::NotApplied => {

@@ -1006,7 +1006,7 @@ mod tests {
             }
             let local = started.elapsed() / N;
             eprintln!(
-                "{}: KMS Sign {:.2} ms/call, local josekit {:.3} ms/call ({N} calls each)",
+                "{}: KMS Sign {:.2} ms/call, local {:.3} ms/call ({N} calls each)",
                 alg.as_str(),
                 native.as_secs_f64() * 1e3,
                 local.as_secs_f64() * 1e3

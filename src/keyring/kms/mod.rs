@@ -13,7 +13,6 @@ pub mod local;
 
 use std::sync::Arc;
 
-use josekit::jws::JwsSigner;
 use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use zeroize::Zeroizing;
 
@@ -72,8 +71,8 @@ pub struct StoredKey<'a> {
 
 /// Produces JWS signatures for one key.
 pub enum KeySigner {
-    /// OpenSSL in this process; the unwrapped key lives only in this object.
-    Local(Box<dyn JwsSigner>),
+    /// In this process; the unwrapped key lives only in this object.
+    Local(key::LocalSigner),
     /// Each signature is a KMS `Sign` call.
     Native {
         kms: Arc<aws::AwsKms>,
@@ -86,7 +85,7 @@ impl KeySigner {
     /// The JWS signature (RFC 7518 format: raw r‖s for ES256) over `input`.
     pub async fn sign(&self, input: &[u8]) -> Result<Vec<u8>, KmsError> {
         match self {
-            Self::Local(s) => s.sign(input).map_err(|e| KmsError::Key(KeyError::Jose(e))),
+            Self::Local(s) => s.sign(input).map_err(KmsError::Key),
             Self::Native { kms, key_ref, alg } => kms.sign(key_ref, *alg, input).await,
         }
     }
