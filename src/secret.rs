@@ -9,7 +9,7 @@
 //! Every comparison of secret-derived bytes is constant time. Nothing here logs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
@@ -58,15 +58,21 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 /// The argon2 work bound and its memory: at most `concurrency` computations
 /// run, at most `queue` callers wait, each for at most `wait`.
 ///
-/// The computations run on `concurrency` threads of their own, each with
-/// one reused 19 MiB block buffer, allocated on its first hash and kept for
-/// the life of the pool: memory is bounded by construction (`concurrency` ×
-/// 19 MiB) and never handed back and forth between the allocator's
+/// The computations run on `concurrency` threads of their own, with at most
+/// one reused 19 MiB block buffer per thread, allocated when first needed and
+/// kept for the life of the pool: memory is bounded by construction
+/// (`concurrency` × 19 MiB) and never handed back and forth between the allocator's
 /// per-thread arenas (which is what made RSS grow with the number of
 /// blocking-pool threads). On Linux those threads run at nice
 /// [`HASH_THREAD_NICE`]: a password flood then takes only the CPU that
 /// refreshes, JWKS and discovery leave idle, instead of an equal share of
 /// every core, while a flood alone still runs at full speed.
+///
+/// However many threads there are, no more of them hash at once than the
+/// process has CPUs at that moment ([`CoreGate`]): a server confined to fewer
+/// cores than it started with (`taskset`, a cgroup's CPU quota) would
+/// otherwise time-slice several 19 MiB computations on one core, each
+/// evicting the others' blocks from the cache.
 struct HashPool {
     permits: tokio::sync::Semaphore,
     waiting: AtomicUsize,
@@ -82,11 +88,12 @@ impl HashPool {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let buffers = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(CoreGate::default());
         for i in 0..cfg.concurrency {
-            let (rx, buffers) = (rx.clone(), buffers.clone());
+            let (rx, buffers, gate) = (rx.clone(), buffers.clone(), gate.clone());
             std::thread::Builder::new()
                 .name(format!("latchkey-argon2-{i}"))
-                .spawn(move || hashing_thread(&rx, &buffers))
+                .spawn(move || hashing_thread(&rx, &buffers, &gate))
                 .map_err(|e| SecretError::Hash(format!("cannot start a hashing thread: {e}")))?;
         }
         Ok(Self {
@@ -145,25 +152,96 @@ impl HashPool {
     }
 }
 
-/// One hashing thread: lower its priority, then run jobs with its own
-/// buffer until the pool is dropped.
-fn hashing_thread(rx: &Mutex<std::sync::mpsc::Receiver<Job>>, buffers: &AtomicUsize) {
+/// Admits at most as many running computations as the process may use CPUs
+/// now (`available_parallelism`: the affinity mask and the cgroup quota, read
+/// again for every computation, a few microseconds against milliseconds of
+/// hashing), and lends each the block buffer used last. A waiting thread looks
+/// again at least every [`CoreGate::RECHECK`], so a widened CPU set is used
+/// without waiting for a computation to end.
+///
+/// The buffers are a stack, not one per thread: when computations take turns,
+/// each reuses the buffer the previous one just filled, whose pages are
+/// mapped and partly still in the cache. Buffers are never freed, and at most
+/// one exists per hashing thread, so the memory bound is unchanged.
+#[derive(Default)]
+struct CoreGate {
+    state: Mutex<GateState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    running: usize,
+    /// Buffers not lent out, the most recently used last.
+    idle: Vec<Vec<Block>>,
+}
+
+impl CoreGate {
+    const RECHECK: Duration = Duration::from_millis(100);
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
+    /// Wait for a free core; the slot (and its buffer) is given back when
+    /// dropped.
+    fn enter(&self) -> CoreSlot<'_> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.running >= Self::cores() {
+            state = self
+                .freed
+                .wait_timeout(state, Self::RECHECK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.running += 1;
+        let buffer = state.idle.pop().unwrap_or_default();
+        CoreSlot { gate: self, buffer }
+    }
+}
+
+struct CoreSlot<'a> {
+    gate: &'a CoreGate,
+    buffer: Vec<Block>,
+}
+
+impl Drop for CoreSlot<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.running = state.running.saturating_sub(1);
+        state.idle.push(std::mem::take(&mut self.buffer));
+        drop(state);
+        self.gate.freed.notify_one();
+    }
+}
+
+/// One hashing thread: lower its priority, then run jobs until the pool is
+/// dropped, each once a core is free, with the buffer the gate lends.
+fn hashing_thread(
+    rx: &Mutex<std::sync::mpsc::Receiver<Job>>,
+    buffers: &AtomicUsize,
+    gate: &CoreGate,
+) {
     #[cfg(target_os = "linux")]
     if let Err(e) =
         rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_THREAD_NICE)
     {
         tracing::warn!(error = %e, "cannot lower the priority of a hashing thread");
     }
-    let mut buffer = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let had = !buffer.is_empty();
-        job(&mut buffer);
-        if !had && !buffer.is_empty() {
+        let mut slot = gate.enter();
+        let had = !slot.buffer.is_empty();
+        job(&mut slot.buffer);
+        if !had && !slot.buffer.is_empty() {
             buffers.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -447,6 +525,37 @@ fn verify_password_in(
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_more_computations_run_than_the_process_has_cores() {
+        let gate = Arc::new(CoreGate::default());
+        let cores = CoreGate::cores();
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = (0..cores + 2)
+            .map(|_| {
+                let (gate, now, peak) = (gate.clone(), now.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let _slot = gate.enter();
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(30));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= cores, "{peak} ran at once on {cores} cores");
+        assert!(peak >= 1);
+        let state = gate.state.lock().unwrap();
+        assert_eq!(state.running, 0, "every slot was given back");
+        assert!(
+            state.idle.len() <= cores,
+            "one buffer per computation at once"
+        );
+    }
 
     fn hashing(concurrency: usize, queue: usize, wait_ms: u64) -> HashingConfig {
         HashingConfig {
