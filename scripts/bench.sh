@@ -149,6 +149,13 @@ PIDS+=("$STATIC_PID")
 wait_port "$STATIC_PORT"
 static_run() { drive "static-$1" "http://127.0.0.1:$STATIC_PORT" "$STATIC_PID" --scenario static -c "$CONC"; }
 static_run 1
+# The composed limit of client_credentials, measured: the same server's
+# POST /token reads the form, signs one access token with latchkey's signer
+# and answers it, nothing else (examples/static_reply.rs).
+for alg in es256 rs256; do
+    drive "baseline-cc-$alg" "http://127.0.0.1:$STATIC_PORT" "$STATIC_PID" --scenario client-credentials \
+        -c "$CONC" --client-id "$alg" --client-secret baseline --scope api:read
+done
 
 # run_backend NAME DATABASE_URL
 run_backend() {
