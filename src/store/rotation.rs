@@ -24,7 +24,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{Any, Row, Transaction};
@@ -71,26 +71,51 @@ pub(super) struct Job {
 #[derive(Debug, Clone)]
 pub struct RotationWriter {
     tx: mpsc::Sender<Job>,
-    /// Rotations announced but not yet queued ([`RotationIntent`]); only
-    /// the SQLite writer waits for them.
-    intents: Option<Arc<AtomicUsize>>,
+    /// Rotations announced and released ([`RotationIntent`]); only the
+    /// SQLite writer waits for them.
+    intents: Option<Arc<Intents>>,
 }
 
-/// A rotation on its way to the writer: its tokens are being signed. While
-/// any is outstanding, the SQLite writer keeps its group open (for at most
-/// [`MAX_LINGER`]) so that the rotation commits with the others instead of
-/// paying a commit of its own; with none outstanding it commits at once, so a
-/// lone refresh never waits. Released just before the rotation is queued
-/// (or when it is abandoned), so the writer never waits for a rotation it
-/// already holds. On PostgreSQL it counts nothing.
+/// Two running counts: rotations announced, and announced rotations released
+/// (queued or abandoned). Each intent is released exactly once, so
+/// `released <= announced` always.
+#[derive(Debug, Default)]
+pub(super) struct Intents {
+    announced: AtomicU64,
+    released: AtomicU64,
+}
+
+impl Intents {
+    /// Where announcements stand now: a group opening takes this mark.
+    pub(super) fn mark(&self) -> u64 {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    /// Whether some rotation announced before `mark` was taken may still be
+    /// on its way. Released counts include later announcements, so this can
+    /// end a wait early, never extend it.
+    pub(super) fn pending_before(&self, mark: u64) -> bool {
+        self.released.load(Ordering::Acquire) < mark
+    }
+}
+
+/// A rotation on its way to the writer: its tokens are being signed. A
+/// group the SQLite writer opens waits (for at most [`MAX_LINGER`]) for the
+/// rotations announced before it opened, so that they commit with it instead
+/// of paying a commit each; rotations announced later go to the next group,
+/// so under a steady stream a group is not held open for the full linger by
+/// newcomers while the rotations it already holds wait. With none announced it
+/// commits at once, so a lone refresh never waits. Released just before the
+/// rotation is queued (or when it is abandoned), so the writer never waits for
+/// a rotation it already holds. On PostgreSQL it counts nothing.
 #[derive(Debug)]
 #[must_use = "an intent counts until it is dropped"]
-pub struct RotationIntent(Option<Arc<AtomicUsize>>);
+pub struct RotationIntent(Option<Arc<Intents>>);
 
 impl Drop for RotationIntent {
     fn drop(&mut self) {
         if let Some(n) = self.0.take() {
-            n.fetch_sub(1, Ordering::AcqRel);
+            n.released.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -111,7 +136,7 @@ impl RotationWriter {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let intents = match (store.backend, sqlite_file) {
             (Backend::Sqlite, Some(path)) => {
-                let intents = Arc::new(AtomicUsize::new(0));
+                let intents = Arc::new(Intents::default());
                 sqlite_direct::spawn_writer(sqlite_direct::open(path)?, rx, intents.clone())?;
                 Some(intents)
             }
@@ -267,7 +292,7 @@ impl Store {
     pub fn announce_rotation(&self) -> RotationIntent {
         let intents = self.writer.as_ref().and_then(|w| w.intents.as_ref());
         RotationIntent(intents.map(|n| {
-            n.fetch_add(1, Ordering::AcqRel);
+            n.announced.fetch_add(1, Ordering::AcqRel);
             n.clone()
         }))
     }
@@ -309,6 +334,36 @@ mod tests {
     use crate::store::{ClientRow, NewFamily};
 
     const NOW: UnixTime = 1_000_000;
+
+    #[test]
+    fn a_group_waits_only_for_rotations_announced_before_it_opened() {
+        let intents = Arc::new(Intents::default());
+        let announce = || {
+            intents.announced.fetch_add(1, Ordering::AcqRel);
+            RotationIntent(Some(intents.clone()))
+        };
+        assert!(!intents.pending_before(intents.mark()), "nothing announced");
+        let (early, other) = (announce(), announce());
+        let mark = intents.mark();
+        let late = announce();
+        assert!(intents.pending_before(mark));
+        drop(early);
+        assert!(
+            intents.pending_before(mark),
+            "one announced before the mark is still out"
+        );
+        drop(other);
+        assert!(
+            !intents.pending_before(mark),
+            "a later announcement does not hold the group"
+        );
+        assert!(
+            intents.pending_before(intents.mark()),
+            "but it holds the next one"
+        );
+        drop(late);
+        assert!(!intents.pending_before(intents.mark()));
+    }
 
     async fn store(dir: &tempfile::TempDir) -> Store {
         let store = Store::connect(&DatabaseConfig {

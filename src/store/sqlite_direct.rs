@@ -22,14 +22,13 @@
 //! one take SQLite's one write lock in turn.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::rotation::{Job, MAX_BATCH, MAX_LINGER, RotateOutcome, Rotation, finish};
+use super::rotation::{Intents, Job, MAX_BATCH, MAX_LINGER, RotateOutcome, Rotation, finish};
 use super::tokens::{RefreshState, refresh_state_of, refresh_state_sql};
 use super::{Backend, Result};
 
@@ -119,7 +118,7 @@ pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
 pub(super) fn spawn_writer(
     conn: Connection,
     rx: mpsc::Receiver<Job>,
-    intents: Arc<AtomicUsize>,
+    intents: Arc<Intents>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("latchkey-rotate".into())
@@ -127,16 +126,18 @@ pub(super) fn spawn_writer(
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, intents: &AtomicUsize) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, intents: &Intents) {
     while let Some(first) = rx.blocking_recv() {
+        let opened = Instant::now();
+        let mark = intents.mark();
         let mut batch = Vec::with_capacity(32);
         batch.push(first);
         drain(&mut rx, &mut batch);
-        // Announced rotations are being signed right now: give them until
-        // MAX_LINGER to join this group rather than pay a commit each.
-        let opened = Instant::now();
+        // Rotations announced before this group opened are being signed
+        // right now: give them until MAX_LINGER to join it rather than pay a
+        // commit each. Later ones wait for the next group.
         while batch.len() < MAX_BATCH
-            && intents.load(Ordering::Acquire) > 0
+            && intents.pending_before(mark)
             && opened.elapsed() < MAX_LINGER
         {
             std::thread::sleep(LINGER_STEP);
