@@ -87,6 +87,23 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The RSA key inside `pkey`, or why it is not one.
+fn rsa_key<T>(pkey: &PKey<T>) -> Result<Rsa<T>, KeyError> {
+    pkey.rsa()
+        .map_err(|_| KeyError::Mismatch("RS256 needs an RSA key"))
+}
+
+/// The P-256 key inside `pkey`, or why it is not one.
+fn p256_key<T: openssl::pkey::HasParams>(pkey: &PKey<T>) -> Result<EcKey<T>, KeyError> {
+    let ec = pkey
+        .ec_key()
+        .map_err(|_| KeyError::Mismatch("ES256 needs an EC key"))?;
+    if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+        return Err(KeyError::Mismatch("ES256 needs a P-256 key"));
+    }
+    Ok(ec)
+}
+
 /// The RFC 7638 required members of the key, in lexicographic order.
 fn required_members(
     alg: Alg,
@@ -95,9 +112,7 @@ fn required_members(
     let mut m = BTreeMap::new();
     match alg {
         Alg::Rs256 => {
-            let rsa = pkey
-                .rsa()
-                .map_err(|_| KeyError::Mismatch("RS256 needs an RSA key"))?;
+            let rsa = rsa_key(pkey)?;
             if rsa.size() * 8 < 2048 {
                 return Err(KeyError::Mismatch("RSA keys must be at least 2048 bits"));
             }
@@ -106,12 +121,7 @@ fn required_members(
             m.insert("n", b64(&rsa.n().to_vec()));
         }
         Alg::Es256 => {
-            let ec = pkey
-                .ec_key()
-                .map_err(|_| KeyError::Mismatch("ES256 needs an EC key"))?;
-            if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
-                return Err(KeyError::Mismatch("ES256 needs a P-256 key"));
-            }
+            let ec = p256_key(pkey)?;
             let mut ctx = BigNumContext::new()?;
             let mut x = openssl::bn::BigNum::new()?;
             let mut y = openssl::bn::BigNum::new()?;
@@ -193,18 +203,11 @@ pub fn local_signer(alg: Alg, private_der: &[u8]) -> Result<LocalSigner, KeyErro
     let pkey = PKey::private_key_from_pkcs8(private_der)?;
     Ok(match alg {
         Alg::Rs256 => {
-            if pkey.rsa().is_err() {
-                return Err(KeyError::Mismatch("RS256 needs an RSA key"));
-            }
+            rsa_key(&pkey)?;
             LocalSigner::Rs256(pkey)
         }
         Alg::Es256 => {
-            let ec = pkey
-                .ec_key()
-                .map_err(|_| KeyError::Mismatch("ES256 needs a P-256 key"))?;
-            if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
-                return Err(KeyError::Mismatch("ES256 needs a P-256 key"));
-            }
+            let ec = p256_key(&pkey)?;
             // ring takes the private scalar with its public point; both are
             // read from the OpenSSL key, so a PKCS#8 written without the
             // optional public key loads too.
