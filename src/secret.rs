@@ -28,10 +28,8 @@ const ARGON2_OUT_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("random number generator failed: {0}")]
-    Rng(#[from] openssl::error::ErrorStack),
     #[error("the operating system's random number generator failed")]
-    OsRng,
+    Rng,
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error("password hashing task failed: {0}")]
@@ -185,18 +183,23 @@ impl CoreGate {
 
     /// Wait for a free core; the slot (and its buffer) is given back when
     /// dropped.
+    /// The CPU count is read before the lock is taken: it reads cgroup files,
+    /// which a thread giving its slot back should not wait for.
     fn enter(&self) -> CoreSlot<'_> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.running >= Self::cores() {
-            state = self
-                .freed
-                .wait_timeout(state, Self::RECHECK)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        loop {
+            let cores = Self::cores();
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.running < cores {
+                state.running += 1;
+                let buffer = state.idle.pop().unwrap_or_default();
+                return CoreSlot { gate: self, buffer };
+            }
+            drop(
+                self.freed
+                    .wait_timeout(state, Self::RECHECK)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
-        state.running += 1;
-        let buffer = state.idle.pop().unwrap_or_default();
-        CoreSlot { gate: self, buffer }
     }
 }
 
@@ -254,7 +257,7 @@ fn hashing_thread(
 pub fn random_bytes(n: usize) -> Result<Vec<u8>, SecretError> {
     let mut buf = vec![0u8; n];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
-        .map_err(|_| SecretError::OsRng)?;
+        .map_err(|_| SecretError::Rng)?;
     Ok(buf)
 }
 
