@@ -91,7 +91,8 @@ fn basic_client_id(headers: &HeaderMap) -> Option<String> {
 async fn token(
     State(b): State<Arc<Baseline>>,
     headers: HeaderMap,
-    body: Bytes,
+    // Read in full, as latchkey reads its form, and not parsed.
+    _form: Bytes,
 ) -> impl IntoResponse {
     let (alg, key) = match basic_client_id(&headers).as_deref() {
         Some("rs256") => (Alg::Rs256, &b.rs256),
@@ -120,8 +121,6 @@ async fn token(
     let signature = key.signer.sign(jwt.as_bytes()).expect("sign");
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
-    // The body was read in full (as latchkey reads its form); its length keeps it used.
-    let _ = body.len();
     axum::Json(serde_json::json!({
         "access_token": jwt,
         "token_type": "Bearer",
