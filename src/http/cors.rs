@@ -3,13 +3,11 @@
 //! browser-facing endpoints with credentials (the refresh cookie); any other
 //! origin gets no CORS headers, so the browser withholds the answer. Which
 //! origins are registered is the store's business ([`crate::session::Sessions::origin_allowed`]);
-//! this layer only renders the headers.
+//! this module only reads the request and renders the headers, inside
+//! [`crate::http::layers::edge`].
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 
 use crate::app::AppState;
 
@@ -18,50 +16,67 @@ fn browser_facing(path: &str) -> bool {
     matches!(path, "/token" | "/revoke" | "/userinfo") || path.starts_with("/account/")
 }
 
-pub async fn cors(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let Some(origin) = origin.filter(|_| browser_facing(request.uri().path())) else {
-        return next.run(request).await;
-    };
-    let allowed = state.sessions.origin_allowed(&origin).await;
-    let preflight = request.method() == Method::OPTIONS
-        && request
+/// A cross-origin request to a browser-facing path.
+pub struct CorsRequest {
+    origin: String,
+    preflight: bool,
+}
+
+impl CorsRequest {
+    /// `None` when the request has no `Origin` or its path is not
+    /// browser-facing: it then gets no CORS headers at all.
+    pub fn of(request: &Request) -> Option<Self> {
+        if !browser_facing(request.uri().path()) {
+            return None;
+        }
+        let origin = request
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = if preflight {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(request).await
-    };
-    let h = response.headers_mut();
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    if !allowed {
-        return response;
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())?
+            .to_string();
+        let preflight = request.method() == Method::OPTIONS
+            && request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        Some(Self { origin, preflight })
     }
-    if let Ok(v) = HeaderValue::from_str(&origin) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
+
+    /// A preflight is answered 204 here; the handler never sees it.
+    pub fn is_preflight(&self) -> bool {
+        self.preflight
     }
-    if preflight {
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, DELETE"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
+
+    /// Whether some client registered this origin.
+    pub async fn allowed(&self, state: &AppState) -> bool {
+        state.sessions.origin_allowed(&self.origin).await
     }
-    response
+
+    /// `Vary: Origin` always; the allow headers only for a registered origin.
+    pub fn render(&self, h: &mut HeaderMap, allowed: bool) {
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        if !allowed {
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.origin) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if self.preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, DELETE"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Authorization, Content-Type"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        }
+    }
 }

@@ -1,8 +1,8 @@
-//! Layers every request passes through, outermost first: the request log
-//! (with its request id), security headers, the per-request deadline, and the
-//! body-read deadline.
+//! The layer every request passes through ([`edge`]): the request log (with
+//! its request id), metrics, security headers, CORS, the per-request deadline
+//! and the body-read deadline.
 //!
-//! They are applied with `Router::layer`, so each runs after routing and sees
+//! It is applied with `Router::layer`, so it runs after routing and sees
 //! the matched route (the log names the route template, never the raw URL: a
 //! query string can carry a secret). Connection-level limits (header-read
 //! timeout, connection limit, TLS) belong to `crate::server`.
@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use tracing::Instrument as _;
 
+use super::cors::CorsRequest;
 use super::error::ApiError;
 use super::extract::client_ip;
 use crate::app::AppState;
@@ -64,18 +65,25 @@ fn new_request_id() -> String {
     format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// One log line per request: request id, client IP, method, route, status,
-/// latency. The id is echoed in `X-Request-Id` and set on the span, so any
-/// line a handler logs carries it too.
-pub async fn request_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let started = tokio::time::Instant::now();
+/// The one layer every request passes through. In order, outermost first:
+/// the request id and the request's log span, timing for the metrics,
+/// security headers, CORS, the request deadline and the body-read deadline.
+///
+/// One layer rather than one per concern: every `from_fn` layer boxes the
+/// rest of the stack's future and clones the inner service for each request,
+/// which at six layers cost more than answering a JWKS request. The concerns
+/// stay separate functions ([`security_headers`], [`crate::http::cors`],
+/// [`request_deadline`], [`body_deadline`]); only their composition is here.
+pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let id = req
         .headers()
         .get(&REQUEST_ID)
         .and_then(accepted_request_id)
         .map_or_else(new_request_id, str::to_string);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(REQUEST_ID, v);
+    let id_header = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &id_header {
+        req.headers_mut().insert(REQUEST_ID, v.clone());
     }
     let ip = req
         .extensions()
@@ -87,26 +95,46 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
                 &state.config.server.trusted_proxies,
             )
         });
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     let method = req.method().clone();
+    let private = private_path(req.uri().path());
+    let cors = CorsRequest::of(&req);
     let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(req).instrument(span.clone()).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let mut response = async {
+        let allowed = match &cors {
+            Some(c) => c.allowed(&state).await,
+            None => false,
+        };
+        let mut response = if cors.as_ref().is_some_and(CorsRequest::is_preflight) {
+            axum::http::StatusCode::NO_CONTENT.into_response()
+        } else {
+            request_deadline(&state, next.run(body_deadline(&state, req))).await
+        };
+        if let Some(c) = &cors {
+            c.render(response.headers_mut(), allowed);
+        }
+        response
+    }
+    .instrument(span.clone())
+    .await;
+    security_headers(&state, private, &mut response);
+    let status = response.status().as_u16();
+    let latency = started.elapsed();
+    state
+        .metrics
+        .http_request(route, method.as_str(), status, latency.as_secs_f64());
+    if let Some(v) = id_header {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    let latency = started.elapsed();
     span.in_scope(|| {
         tracing::info!(
             target: "latchkey::request",
             request_id = %id,
-            client_ip = ip.map(|i| i.to_string()).as_deref().unwrap_or("-"),
+            client_ip = %LoggedIp(ip),
             method = %method,
             route = %route,
-            status = response.status().as_u16(),
+            status,
             latency_ms = latency.as_secs_f64() * 1000.0,
             "request"
         );
@@ -114,19 +142,39 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
     response
 }
 
-/// Headers on every answer, errors included.
-pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let private = ["/admin", "/account"]
+/// The client address as the request line shows it, `-` when the
+/// connection has none (a router called in process), formatted in place.
+struct LoggedIp(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for LoggedIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Label and log name for requests no route matched (raw paths never become
+/// labels: a path can carry anything).
+const UNMATCHED: &str = "unmatched";
+
+/// Answers under `/admin` and `/account` are never stored by a cache.
+fn private_path(path: &str) -> bool {
+    ["/admin", "/account"]
         .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')));
-    let mut response = next.run(req).await;
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+/// Headers on every answer, errors included.
+fn security_headers(state: &AppState, private: bool, response: &mut Response) {
     let html = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
     let h = response.headers_mut();
+    h.reserve(8);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -154,14 +202,16 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
     if private {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 /// A request not answered within `server.request_timeout_secs` gets 503
 /// `temporarily_unavailable`; the handler's future is dropped.
-pub async fn request_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn request_deadline(
+    state: &AppState,
+    handler: impl std::future::Future<Output = Response>,
+) -> Response {
     let limit = state.config.server.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
+    match tokio::time::timeout(limit, handler).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(limit_secs = limit.as_secs(), "request deadline exceeded");
@@ -175,17 +225,17 @@ pub async fn request_deadline(State(state): State<AppState>, req: Request, next:
 }
 
 /// The body must be complete within `server.body_read_timeout_secs` of the
-/// headers; readers then fail with [`BodyTimeout`] (answered 408).
-pub async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// headers; readers then fail with [`BodyTimeout`] (answered 408). A request
+/// without a body gets no timer.
+fn body_deadline(state: &AppState, req: Request) -> Request {
     let limit = state.config.server.body_read_timeout;
-    let req = req.map(|body| {
+    req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
             body
         } else {
             Body::new(DeadlineBody::new(body, limit))
         }
-    });
-    next.run(req).await
+    })
 }
 
 /// The error a body read returns past its deadline.

@@ -1,38 +1,12 @@
-//! `/metrics` (Prometheus text format) and the layer that counts and times
-//! every request by matched route, method and status.
+//! `/metrics` (Prometheus text format). Every request is counted and timed
+//! by matched route, method and status in [`crate::http::layers::edge`].
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::metrics::{Observed, next_transition};
-
-/// Label for requests no route matched (so raw paths never become labels).
-const UNMATCHED: &str = "unmatched";
-
-/// Count and time one request. `Instant` is a monotonic timer, not the wall
-/// clock: durations never feed a timestamp.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str)
-        .to_string();
-    let method = request.method().as_str().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.http_request(
-        &route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
-}
 
 fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = &state.config.metrics.token else {

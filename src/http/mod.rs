@@ -418,16 +418,10 @@ fn build(table: Vec<Route>, state: AppState) -> Router {
         // Two rows with one path merge into one method router.
         router = router.route(r.path, r.handler);
     }
-    // Outermost first: request log, metrics, security headers, CORS, request
-    // deadline, body deadline. `Router::layer` wraps only the routes already
-    // added, so every route is a row of the table, never added after this.
+    // `Router::layer` wraps only the routes already added, so every route is
+    // a row of the table, never added after this.
     router
-        .layer(from_fn_with_state(state.clone(), layers::body_deadline))
-        .layer(from_fn_with_state(state.clone(), layers::request_deadline))
-        .layer(from_fn_with_state(state.clone(), cors::cors))
-        .layer(from_fn_with_state(state.clone(), layers::security_headers))
-        .layer(from_fn_with_state(state.clone(), metrics::track))
-        .layer(from_fn_with_state(state.clone(), layers::request_log))
+        .layer(from_fn_with_state(state.clone(), layers::edge))
         .with_state(state)
 }
 

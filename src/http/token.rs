@@ -1,11 +1,12 @@
 //! The token endpoint (RFC 6749 §3.2), revocation (RFC 7009) and
 //! introspection (RFC 7662): read a bounded form, parse it once, call one
 //! service, render. Browser clients get their refresh token as an HttpOnly
-//! cookie scoped to this endpoint instead of in the body.
+//! cookie scoped to this endpoint instead of in the body. The handlers take
+//! the whole request and read its headers in place: axum's `HeaderMap`
+//! extractor would copy them on every call.
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -56,14 +57,15 @@ pub fn refresh_cookie(token: Option<&str>, max_age: u64) -> Option<HeaderValue> 
 pub async fn token(
     State(state): State<AppState>,
     ClientMeta(ctx): ClientMeta,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let body = form_body(headers, body, state.config.server.max_body_bytes).await?;
     let (auth, request) = parse_token_request(
         &body,
-        authorization(&headers)?,
-        cookie(&headers, REFRESH_COOKIE),
+        authorization(headers)?,
+        cookie(headers, REFRESH_COOKIE),
     )?;
     let mut issued = state.tokens.token(auth, request, &ctx).await?;
     let cookie = if issued.refresh_in_cookie {
@@ -84,11 +86,12 @@ pub async fn token(
 pub async fn revoke(
     State(state): State<AppState>,
     ClientMeta(ctx): ClientMeta,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
-    let (auth, param) = parse_token_param(&body, authorization(&headers)?)?;
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let body = form_body(headers, body, state.config.server.max_body_bytes).await?;
+    let (auth, param) = parse_token_param(&body, authorization(headers)?)?;
     state.sessions.revoke(&auth, param, &ctx).await?;
     Ok(no_store(StatusCode::OK.into_response()))
 }
@@ -97,11 +100,12 @@ pub async fn revoke(
 pub async fn introspect(
     State(state): State<AppState>,
     ClientMeta(ctx): ClientMeta,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = form_body(&headers, body, state.config.server.max_body_bytes).await?;
-    let (auth, param) = parse_token_param(&body, authorization(&headers)?)?;
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let body = form_body(headers, body, state.config.server.max_body_bytes).await?;
+    let (auth, param) = parse_token_param(&body, authorization(headers)?)?;
     let out = state.sessions.introspect(&auth, param, &ctx).await?;
     Ok(no_store(Json(out).into_response()))
 }

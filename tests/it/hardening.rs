@@ -368,7 +368,7 @@ async fn html_answers_get_the_strict_content_security_policy() {
         )
         .layer(axum::middleware::from_fn_with_state(
             app.state.clone(),
-            latchkey::http::layers::security_headers,
+            latchkey::http::layers::edge,
         ));
     let r = router
         .oneshot(
