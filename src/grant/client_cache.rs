@@ -7,13 +7,17 @@
 //! another replica is therefore honoured within that time; unknown client ids
 //! are never cached, so a new client works at once. The cache is bounded: when
 //! full it is emptied rather than grown.
+//!
+//! Entries are shared, not copied: a hit hands out the row and its parsed
+//! scopes behind `Arc`s, so a token request allocates nothing for its client.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::oauth::Scope;
 use crate::store::{ClientRow, Store, StoreError};
 
 /// Most entries kept before the cache is emptied.
@@ -21,7 +25,25 @@ const MAX_ENTRIES: usize = 10_000;
 
 pub struct ClientCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, ClientRow)>>,
+    entries: Mutex<HashMap<String, (Instant, Registration)>>,
+}
+
+/// A client's row and the scopes it may be granted, parsed once per read of
+/// the row.
+#[derive(Clone)]
+pub struct Registration {
+    pub row: Arc<ClientRow>,
+    pub allowed_scopes: Arc<Scope>,
+}
+
+impl Registration {
+    fn new(row: ClientRow) -> Self {
+        let allowed_scopes = Arc::new(Scope::from_stored(&row.scopes));
+        Self {
+            row: Arc::new(row),
+            allowed_scopes,
+        }
+    }
 }
 
 impl ClientCache {
@@ -36,24 +58,25 @@ impl ClientCache {
         &self,
         store: &Store,
         client_id: &str,
-    ) -> Result<Option<ClientRow>, StoreError> {
+    ) -> Result<Option<Registration>, StoreError> {
         if !self.ttl.is_zero()
             && let Ok(map) = self.entries.lock()
-            && let Some((at, row)) = map.get(client_id)
+            && let Some((at, reg)) = map.get(client_id)
             && at.elapsed() < self.ttl
         {
-            return Ok(Some(row.clone()));
+            return Ok(Some(reg.clone()));
         }
-        let row = store.find_client(client_id).await?;
+        let Some(reg) = store.find_client(client_id).await?.map(Registration::new) else {
+            return Ok(None);
+        };
         if !self.ttl.is_zero()
-            && let Some(r) = &row
             && let Ok(mut map) = self.entries.lock()
         {
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
-            map.insert(client_id.to_string(), (Instant::now(), r.clone()));
+            map.insert(client_id.to_string(), (Instant::now(), reg.clone()));
         }
-        Ok(row)
+        Ok(Some(reg))
     }
 }

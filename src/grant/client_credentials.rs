@@ -17,11 +17,20 @@ pub async fn grant(
             "public clients cannot use client_credentials",
         ));
     }
-    let mut ceiling = client.allowed_scopes.clone();
-    for s in USER_SCOPES {
-        ceiling = ceiling.without(s);
-    }
-    let scope = scope_policy(requested, &ceiling)?;
+    // The ceiling is the client's scopes without any user scope. A request
+    // inside it is checked in place; only a request without a scope (which
+    // gets the whole ceiling) or one outside it (whose error names the
+    // difference) needs the ceiling built.
+    let for_itself = |t: &str| !USER_SCOPES.contains(&t);
+    let scope = match requested {
+        Some(s)
+            if s.iter()
+                .all(|t| for_itself(t) && client.allowed_scopes.contains(t)) =>
+        {
+            s
+        }
+        requested => scope_policy(requested, &client.allowed_scopes.filtered(for_itself))?,
+    };
     let scope_text = scope.to_string();
     let grant = Grant {
         subject: &client.row.client_id,

@@ -78,9 +78,9 @@ pub struct SessionStart<'a> {
 
 /// A client that proved who it is.
 pub struct AuthenticatedClient {
-    pub row: ClientRow,
+    pub row: Arc<ClientRow>,
     pub alg: Alg,
-    pub allowed_scopes: Scope,
+    pub allowed_scopes: Arc<Scope>,
 }
 
 impl AuthenticatedClient {
@@ -246,8 +246,8 @@ impl TokenService {
             .map_err(internal)?;
         let ok = match (auth, &row) {
             (ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. }, Some(r)) => {
-                match &r.secret_digest {
-                    Some(digest) if !r.is_public => {
+                match &r.row.secret_digest {
+                    Some(digest) if !r.row.is_public => {
                         self.secrets.verify_client_secret(secret.expose(), digest)
                     }
                     _ => false,
@@ -258,15 +258,17 @@ impl TokenService {
                 let _ = self.secrets.client_secret_digest(secret.expose());
                 false
             }
-            (ClientAuth::None { .. }, Some(r)) => r.is_public,
+            (ClientAuth::None { .. }, Some(r)) => r.row.is_public,
             (ClientAuth::None { .. }, None) => false,
         };
-        let row = match (ok, row) {
+        let client_cache::Registration {
+            row,
+            allowed_scopes,
+        } = match (ok, row) {
             (true, Some(r)) => r,
             _ => return Err(failed()),
         };
         let alg = Alg::parse(&row.token_alg).unwrap_or(self.cfg.default_alg);
-        let allowed_scopes = Scope::from_stored(&row.scopes);
         Ok(AuthenticatedClient {
             row,
             alg,

@@ -78,7 +78,12 @@ impl Scope {
     }
 
     pub fn without(&self, token: &str) -> Scope {
-        Self(self.0.iter().filter(|t| *t != token).cloned().collect())
+        self.filtered(|t| t != token)
+    }
+
+    /// The members for which `keep` holds.
+    pub fn filtered(&self, keep: impl Fn(&str) -> bool) -> Scope {
+        Self(self.0.iter().filter(|t| keep(t)).cloned().collect())
     }
 }
 

@@ -161,6 +161,34 @@ async fn client_credentials_grant() {
         )
         .await;
     expect_error(r, 400, "invalid_scope").await;
+
+    // A request inside the ceiling gets exactly what it asked for.
+    let r = app
+        .token(
+            ("svc", &secret),
+            &[("grant_type", "client_credentials"), ("scope", "api:write")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["scope"], "api:write");
+    // A scope the client was never registered for, and a user scope beside
+    // a registered one, are refused and named.
+    for (asked, named) in [
+        ("api:read api:delete", "api:delete"),
+        ("api:read openid", "openid"),
+    ] {
+        let r = app
+            .token(
+                ("svc", &secret),
+                &[("grant_type", "client_credentials"), ("scope", asked)],
+            )
+            .await;
+        let body = expect_error(r, 400, "invalid_scope").await;
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(named), "{asked}: {description}");
+        assert!(!description.contains("api:read"), "{asked}: {description}");
+    }
 }
 
 #[tokio::test]
