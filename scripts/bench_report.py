@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--concurrency", default="32")
     ap.add_argument("--backends", default="sqlite postgres")
     ap.add_argument("--load-start", default="?")
+    # When the run was measured, for a report written again from kept results.
+    ap.add_argument("--at", default=None)
     ap.add_argument("--load-end", default="?")
     ap.add_argument("--readme")
     a = ap.parse_args()
@@ -168,7 +170,7 @@ def main():
     lines = []
     w = lines.append
     mode = "quick" if a.quick == "1" else "full"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = a.at or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     main_table = []
     mt = main_table.append
     mt("| scenario | backend | req/s | limit req/s | % of limit | server CPU / req | limit CPU / req | CPU × limit | p99 | target | met? |")
@@ -290,6 +292,34 @@ def main():
     w("*core busy*: the server's CPU time over the measured window (1.00 = one core saturated; the refresh and mixed runs may reach 2.00); "
       "*driver busy*: the same for the load driver. A run where the driver is near 1.00 and the "
       "server below it measured the driver, not latchkey: its CPU-per-request ratio still holds.")
+    w("")
+    w("## The refresh latency target and throughput (Little's law)")
+    w("")
+    w("In a closed loop every virtual user has one request in flight, so the mean latency is "
+      "the concurrency divided by the rate. A p99 under 10 ms therefore needs at least "
+      "c / 10 ms requests per second, and in practice that rate times the run's own p99 ÷ mean "
+      "(how far the tail sits above the mean).")
+    w("")
+    w("| backend | c | refresh req/s | mean = c ÷ rate | p99 | p99 ÷ mean | rate a 10 ms p99 needs at that spread | server core busy |")
+    w("|---|---|---|---|---|---|---|---|")
+    for b in backends:
+        r = results.get((b, "refresh-es256"))
+        if not r:
+            continue
+        c = r["classes"]["refresh"]
+        conc = r.get("concurrency") or 0
+        if not c.get("rps") or not conc:
+            continue
+        mean_us = conc / c["rps"] * 1e6
+        spread = c["p99_us"] / mean_us
+        need = conc * spread / 0.010
+        busy = r["server"].get("cpu_utilisation")
+        w(f"| {b} | {conc} | {fmt_rate(c['rps'])} | {fmt_us(mean_us)} | {fmt_us(c['p99_us'])} "
+          f"| {spread:.2f} | {fmt_rate(need)} | {busy or 0:.2f} |")
+    w("")
+    w("A server that is not busy while the rate stays short of what the tail needs is waiting for "
+      "its database: on this machine PostgreSQL's own processes share the two cores with "
+      "latchkey and the driver.")
     w("")
     w("## Password flood beside refresh chains (mixed)")
     w("")
