@@ -122,6 +122,7 @@ pub async fn grant(
         auth_time: row.auth_time,
         device_label: label.as_deref(),
         client_ip: ip.as_deref(),
+        event: None,
     })
     .await?;
     if svc.store.code_replayed(&digest).await.map_err(internal)? {

@@ -74,6 +74,8 @@ pub struct SessionStart<'a> {
     pub auth_time: UnixTime,
     pub device_label: Option<&'a str>,
     pub client_ip: Option<&'a str>,
+    /// The audit event of the login, written in the session's transaction.
+    pub event: Option<&'a crate::audit::Event>,
 }
 
 /// A client that proved who it is.
@@ -231,6 +233,7 @@ impl TokenService {
                 },
                 &secret::refresh_token_digest(s.refresh_token),
                 idle,
+                s.event,
             )
             .await
             .map_err(internal)

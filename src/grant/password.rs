@@ -117,7 +117,16 @@ pub async fn grant(
     )
     .await?;
 
-    // Stored last: if signing failed above, no orphan session exists.
+    let login = svc
+        .audit
+        .event(EventType::LoginSuccess)
+        .client(&client.row.client_id)
+        .context(ctx)
+        .user(&user.id)
+        .session(session.as_ref().map_or("", |(_, id)| id.as_str()))
+        .detail(serde_json::json!({ "grant": "password", "scope": response.scope }));
+    // Stored last: if signing failed above, no orphan session exists. The
+    // login's audit row goes in the session's transaction (one commit).
     if let Some((token, family_id)) = &session {
         let label = device_label(device_name.as_deref(), ctx.user_agent.as_deref());
         let ip = ctx.ip.map(|ip| ip.to_string());
@@ -130,20 +139,11 @@ pub async fn grant(
             auth_time: now,
             device_label: label.as_deref(),
             client_ip: ip.as_deref(),
+            event: Some(&login),
         })
         .await?;
+    } else {
+        svc.audit.record(login).await;
     }
-
-    svc.audit
-        .record(
-            svc.audit
-                .event(EventType::LoginSuccess)
-                .client(&client.row.client_id)
-                .context(ctx)
-                .user(&user.id)
-                .session(session.as_ref().map_or("", |(_, id)| id.as_str()))
-                .detail(serde_json::json!({ "grant": "password", "scope": response.scope })),
-        )
-        .await;
     Ok(response)
 }

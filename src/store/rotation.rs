@@ -410,6 +410,7 @@ mod tests {
                     },
                     digest,
                     NOW + 600,
+                    None,
                 )
                 .await
                 .unwrap();

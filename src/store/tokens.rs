@@ -103,12 +103,15 @@ pub struct AccessState {
 }
 
 impl Store {
-    /// Open a session for a new login with its first refresh token.
+    /// Open a session for a new login: its family row and first refresh token, and `event`
+    /// (the login that opened it) in the same transaction, so a session never
+    /// exists without its audit row and a login costs one commit.
     pub async fn create_family(
         &self,
         f: NewFamily<'_>,
         token_digest: &[u8],
         token_expires_at: UnixTime,
+        event: Option<&crate::audit::Event>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -136,6 +139,9 @@ impl Store {
         .bind(token_expires_at)
         .execute(&mut *tx)
         .await?;
+        if let Some(event) = event {
+            crate::audit::append(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
