@@ -12,7 +12,11 @@
 # docs/performance.md), --no-readme (leave README.md alone), --debug (the dev
 # profile: only to check this script itself, its numbers mean nothing).
 # Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432, a
-# server where a fresh database may be created and dropped), CARGO_TARGET_DIR.
+# server where a fresh database may be created and dropped), BENCH_PG_OPTIONS
+# (the query string of latchkey's database URL, default sslmode=disable: the
+# connection never leaves the host, and a server with ssl = on, Debian's
+# default, would otherwise encrypt it; "" keeps the driver's sslmode=prefer),
+# CARGO_TARGET_DIR.
 # Needs: a Rust toolchain, python3, openssl, taskset (util-linux), psql for
 # PostgreSQL. The server runs on core 1 and the load driver on core 0; for the
 # refresh chains and the mixed load the server may use both cores.
@@ -47,6 +51,7 @@ CONC=32
 SERVER_CPU=1
 DRIVER_CPU=0
 PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+PG_OPTIONS="${BENCH_PG_OPTIONS-sslmode=disable}"
 PASSWORD='bench password, not a secret'
 SCOPES="openid profile email offline_access api:read"
 
@@ -232,7 +237,7 @@ for backend in $BACKENDS; do
             command -v psql >/dev/null || { echo "PostgreSQL needs psql" >&2; exit 69; }
             PG_DB="lk_bench_$$"
             psql "$PG_URL/postgres" -v ON_ERROR_STOP=1 -qtAc "CREATE DATABASE \"$PG_DB\"" >/dev/null
-            run_backend postgres "$PG_URL/$PG_DB"
+            run_backend postgres "$PG_URL/$PG_DB${PG_OPTIONS:+?$PG_OPTIONS}"
             psql "$PG_URL/postgres" -qtAc "DROP DATABASE IF EXISTS \"$PG_DB\"" >/dev/null
             PG_DB=""
             ;;
@@ -250,7 +255,7 @@ DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | head -1)
 [ -n "$DIRTY" ] && COMMIT="$COMMIT (with uncommitted changes)"
 python3 "$ROOT/scripts/bench_report.py" --run "$RUN" --out "$OUT" --commit "$COMMIT" \
     --quick "$QUICK" --duration "$DURATION" --concurrency "$CONC" --backends "$BACKENDS" \
-    --load-start "$LOAD_START" --load-end "$LOAD_END" \
+    --load-start "$LOAD_START" --load-end "$LOAD_END" --pg-options "$PG_OPTIONS" \
     $([ "$README" = 1 ] && echo --readme README.md)
 echo "report written to $OUT (raw results in $RUN)" >&2
 if [ "$FAILED" != 0 ]; then

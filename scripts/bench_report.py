@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--concurrency", default="32")
     ap.add_argument("--backends", default="sqlite postgres")
     ap.add_argument("--load-start", default="?")
+    ap.add_argument("--pg-options", default="")
     # When the run was measured, for a report written again from kept results.
     ap.add_argument("--at", default=None)
     ap.add_argument("--load-end", default="?")
@@ -204,6 +205,12 @@ def main():
       "limit rate is two cores over the CPU floor. Every limit below was measured in the same run "
       "on core 1, so the ratios hold even though the absolute numbers move with the machine.")
     w("")
+    if "postgres" in backends:
+        how = (f"with `?{a.pg_options}`" if a.pg_options
+               else "with the driver's default `sslmode=prefer` (TLS if the server offers it)")
+        w(f"PostgreSQL runs on the same machine, reached over loopback {how}: a connection that "
+          "never leaves the host gains nothing from TLS (`BENCH_PG_OPTIONS` sets the query).")
+        w("")
     w(f"**Noise.** Load average {a.load_start} at the start and {a.load_end} at the end "
       "(this 2-core machine is shared with other builds, so both cores also ran other "
       "processes during the run). The static reply, measured "
