@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--quick", default="0")
     ap.add_argument("--duration", default="?")
+    ap.add_argument("--runs", default="1")
     ap.add_argument("--concurrency", default="32")
     ap.add_argument("--backends", default="sqlite postgres")
     ap.add_argument("--load-start", default="?")
@@ -171,6 +172,8 @@ def main():
     lines = []
     w = lines.append
     mode = "quick" if a.quick == "1" else "full"
+    runs_text = (f"each scenario the median-rate run of {a.runs} runs of {a.duration} s"
+                 if a.runs != "1" else f"{a.duration} s measured per scenario")
     now = a.at or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     main_table = []
     mt = main_table.append
@@ -197,7 +200,7 @@ def main():
     w("# latchkey performance")
     w("")
     w(f"Measured by `scripts/bench.sh{' --quick' if mode == 'quick' else ''}` on {now}, commit "
-      f"`{a.commit}`, {mode} mode ({a.duration} s measured per scenario, c={a.concurrency}, "
+      f"`{a.commit}`, {mode} mode ({runs_text}, c={a.concurrency}, "
       "closed loop, keep-alive). The server starts on both cores (so it sizes its runtime and "
       "hashing threads for this machine) and is then pinned to core 1 (`taskset -a -p -c 1`), the load "
       "driver (`examples/load.rs`) on core 0; for the refresh chains and the mixed load (whose "
@@ -376,7 +379,7 @@ def main():
     w("## Reproduce")
     w("")
     w("```sh")
-    w("scripts/bench.sh            # release build, then about 10 minutes")
+    w("scripts/bench.sh            # release build, then about 12 minutes (median of 3 runs per scenario)")
     w("scripts/bench.sh --quick    # a few seconds per scenario")
     w("```")
     w("")
