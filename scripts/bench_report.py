@@ -79,7 +79,10 @@ def main():
 
     speed = parse_speed(os.path.join(run, "openssl-speed.txt"))
     prims = load(os.path.join(run, "primitives.json"))
-    statics = [load(p) for p in sorted(glob.glob(os.path.join(run, "static-*.json")))]
+    # static-N.json, one per measurement across the run (not the per-run
+    # static-N.K.json files that each was chosen from).
+    statics = [load(p) for p in sorted(glob.glob(os.path.join(run, "static-*.json")))
+               if re.fullmatch(r"static-\d+\.json", os.path.basename(p))]
     static_rps = [s["classes"]["static"]["rps"] for s in statics]
     static_cpu = [s["server"]["cpu_us_per_req"] for s in statics]
     s_rps = statistics.median(static_rps)
