@@ -33,15 +33,21 @@ pub struct ClientCache {
 #[derive(Clone)]
 pub struct Registration {
     pub row: Arc<ClientRow>,
+    /// Every scope the client may request.
     pub allowed_scopes: Arc<Scope>,
+    /// Those it may be granted acting for itself (client_credentials): the
+    /// allowed scopes without any user scope.
+    pub own_scopes: Arc<Scope>,
 }
 
 impl Registration {
     fn new(row: ClientRow) -> Self {
-        let allowed_scopes = Arc::new(Scope::from_stored(&row.scopes));
+        let allowed = Scope::from_stored(&row.scopes);
+        let own = allowed.filtered(|t| !super::USER_SCOPES.contains(&t));
         Self {
             row: Arc::new(row),
-            allowed_scopes,
+            allowed_scopes: Arc::new(allowed),
+            own_scopes: Arc::new(own),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The client credentials grant (RFC 6749 §4.4): a confidential client acting
 //! for itself. No user, so no refresh token, no ID token and no user scopes.
 
-use super::{AuthenticatedClient, TokenService, USER_SCOPES, internal, scope_policy};
+use super::{AuthenticatedClient, TokenService, internal, scope_policy};
 use crate::oauth::wire::TokenResponse;
 use crate::oauth::{Error, Scope};
 use crate::token::Grant;
@@ -17,20 +17,9 @@ pub async fn grant(
             "public clients cannot use client_credentials",
         ));
     }
-    // The ceiling is the client's scopes without any user scope. A request
-    // inside it is checked in place; only a request without a scope (which
-    // gets the whole ceiling) or one outside it (whose error names the
-    // difference) needs the ceiling built.
-    let for_itself = |t: &str| !USER_SCOPES.contains(&t);
-    let scope = match requested {
-        Some(s)
-            if s.iter()
-                .all(|t| for_itself(t) && client.allowed_scopes.contains(t)) =>
-        {
-            s
-        }
-        requested => scope_policy(requested, &client.allowed_scopes.filtered(for_itself))?,
-    };
+    // The ceiling, the client's scopes without any user scope, was derived
+    // once when its registration was read (`client_cache.rs`).
+    let scope = scope_policy(requested, &client.own_scopes)?;
     let scope_text = scope.to_string();
     let grant = Grant {
         subject: &client.row.client_id,

@@ -83,6 +83,8 @@ pub struct AuthenticatedClient {
     pub row: Arc<ClientRow>,
     pub alg: Alg,
     pub allowed_scopes: Arc<Scope>,
+    /// The ceiling of client_credentials ([`client_cache::Registration::own_scopes`]).
+    pub own_scopes: Arc<Scope>,
 }
 
 impl AuthenticatedClient {
@@ -267,6 +269,7 @@ impl TokenService {
         let client_cache::Registration {
             row,
             allowed_scopes,
+            own_scopes,
         } = match (ok, row) {
             (true, Some(r)) => r,
             _ => return Err(failed()),
@@ -276,6 +279,7 @@ impl TokenService {
             row,
             alg,
             allowed_scopes,
+            own_scopes,
         })
     }
 }

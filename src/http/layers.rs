@@ -174,6 +174,8 @@ fn security_headers(state: &AppState, private: bool, response: &mut Response) {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
     let h = response.headers_mut();
+    // Room for the headers below at once, instead of the map growing (and
+    // rehashing) while they are inserted.
     h.reserve(8);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
