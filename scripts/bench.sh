@@ -168,6 +168,20 @@ log "limits: primitives (criterion) on core $SERVER_CPU"
     >"$RUN/primitives.txt" 2>&1
 sed -n '/latchkey ÷ raw/,$p' "$RUN/primitives.txt" >&2
 
+# argon2_limit LABEL: the raw argon2 rate on the server core, now. argon2 is
+# bound by memory bandwidth, which on a shared machine moves from minute to
+# minute, so the password scenario is compared with the rate measured just
+# before and just after it rather than with the one at the start of the run.
+argon2_limit() {
+    (cd "$ROOT" && PRIMITIVES_JSON="$RUN/$1.json" taskset -c "$SERVER_CPU" "$PRIMS" --bench "${CRIT[@]}" argon2/hash) \
+        >"$RUN/$1.txt" 2>&1 || { echo "argon2 measurement $1 failed" >&2; FAILED=1; }
+    python3 - "$1" "$RUN/$1.json" <<'EOF' >&2 || FAILED=1
+import json, sys
+us = json.load(open(sys.argv[2]))["argon2id"]["raw_us"]
+print(f"{sys.argv[1]}: raw argon2id {us / 1000:.2f} ms per hash")
+EOF
+}
+
 log "limits: static axum reply on core $SERVER_CPU"
 STATIC_PORT=$(free_port)
 taskset -c "$SERVER_CPU" "$STATIC" "127.0.0.1:$STATIC_PORT" >"$RUN/static.log" 2>&1 &
@@ -235,7 +249,9 @@ run_backend() {
     drive "$name-cc-es256" "$url" "$pid" --scenario client-credentials -c "$CONC" "${es_client[@]}" --scope api:read
     drive "$name-cc-rs256" "$url" "$pid" --scenario client-credentials -c "$CONC" "${rs_client[@]}" --scope api:read
     drive "$name-userinfo" "$url" "$pid" --scenario userinfo -c "$CONC" "${rs_client[@]}" "${user[@]}" --scope "openid profile"
+    argon2_limit "$name-argon2-before"
     drive "$name-password" "$url" "$pid" --scenario password -c "$CONC" "${es_client[@]}" "${user[@]}" --scope "openid api:read"
+    argon2_limit "$name-argon2-after"
     # The refresh target is stated for both cores: the server's threads may
     # run on the driver's core too for the refresh chains and the mixed load
     # (whose refresh p99 is compared with the chain's alone).
