@@ -260,3 +260,45 @@ async fn a_fast_wrong_answer_fails_the_run() {
         "{r:#}"
     );
 }
+
+/// Throughput counts the answers inside the measured window, whenever their
+/// request was sent. The server answers after 250 ms; the window runs from
+/// 0.2 s (the warm-up) to 1.35 s, so each of 4 users is answered near 0.25,
+/// 0.5, 0.75, 1.0 and 1.25 s inside it: 5 answers each while a round trip
+/// costs under 20 ms more than the sleep. A rule that also required the send
+/// to be inside the window would drop each user's first answer (sent at 0 s)
+/// and count at most 16.
+#[tokio::test]
+async fn the_rate_counts_every_answer_inside_the_window() {
+    let slow = Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, slow).await });
+
+    let (code, r) = run(
+        &format!("http://{addr}"),
+        &[
+            "--scenario",
+            "static",
+            "--path",
+            "/slow",
+            "-c",
+            "4",
+            "-d",
+            "1.15",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{r:#}");
+    let c = &r["classes"]["static"];
+    let ok = c["ok"].as_u64().unwrap();
+    assert!((17..=20).contains(&ok), "{ok} answers counted: {r:#}");
+    // Every answer took the server's 250 ms, whenever it was sent.
+    assert!(c["p50_us"].as_u64().unwrap() >= 250_000, "{r:#}");
+}
