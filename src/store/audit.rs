@@ -54,6 +54,26 @@ pub(super) fn bind_event<'q>(
         .bind(e.detail.to_string())
 }
 
+/// `e`'s columns as one JSON object, under the names of [`INSERT`]'s
+/// columns: the grouped PostgreSQL rotation (`rotation.rs`) sends a group's
+/// events as one JSON array, with the same values [`bind_event`] binds.
+pub(super) fn event_columns(e: &Event) -> serde_json::Value {
+    serde_json::json!({
+        "at": e.at,
+        "actor": e.actor,
+        "action": e.kind.as_str(),
+        "subject": e.subject,
+        "detail": e.message,
+        "severity": e.severity.as_str(),
+        "user_id": e.user,
+        "client_id": e.client,
+        "ip": e.ip.map(|ip| ip.to_string()),
+        "user_agent": e.user_agent,
+        "session_id": e.session,
+        "data": e.detail.to_string(),
+    })
+}
+
 /// Insert `event` on `conn` — pass the open transaction of the change the
 /// event records (`&mut tx`), so both commit together.
 pub async fn insert(conn: &mut AnyConnection, e: &Event) -> Result<()> {
