@@ -35,7 +35,7 @@ pub(super) const INSERT: &str = "INSERT INTO events (at, actor, action, subject,
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// Bind `e`'s columns in [`INSERT`]'s order, after whatever `q` already
-/// binds (the PostgreSQL rotation statement appends the event's twelve).
+/// binds.
 pub(super) fn bind_event<'q>(
     q: Query<'q, Any, AnyArguments>,
     e: &'q Event,

@@ -230,8 +230,9 @@ pub(super) fn finish(batch: Vec<Job>, result: std::result::Result<Vec<RotateOutc
 /// A group on PostgreSQL: its one statement, committed on its own. A single
 /// statement is atomic without `BEGIN`/`COMMIT` around it, and PostgreSQL
 /// answers it only once its commit is flushed (`synchronous_commit = on`),
-/// so the group costs one round trip instead of three: with several on the
-/// way at once, each of them waits for the writer's turn on a busy machine.
+/// so the group costs one round trip instead of three. On a busy machine each
+/// round trip also waits for PostgreSQL's process to get a core, so the
+/// saved two shorten every group's wait, not only its CPU.
 async fn apply(store: &Store, batch: &[Job]) -> Result<Vec<RotateOutcome>> {
     let mut conn = store.pool.acquire().await?;
     let rotations: Vec<&Rotation> = batch.iter().map(|j| &j.rotation).collect();
@@ -257,8 +258,9 @@ async fn apply(store: &Store, batch: &[Job]) -> Result<Vec<RotateOutcome>> {
 /// `refresh_tokens` let PostgreSQL's cached generic plan walk the family
 /// index, every token of a long refresh chain, instead of the primary key.
 /// The elements are in digest order ([`run`] sorts each group), which the
-/// nested-loop plan follows when it locks the token rows, so two writers
-/// meet shared rows in one order; a deadlock victim is retried once.
+/// nested-loop plan follows when it locks the token rows, so writers (one
+/// today, [`POSTGRES_WRITERS`]) would meet shared rows in one order; a
+/// deadlock victim is retried once.
 const PG_ROTATE_GROUP: &str = "\
 WITH input AS ( \
   SELECT i.n, decode(i.presented, 'base64') AS presented, \
