@@ -323,12 +323,19 @@ async fn fill_and_submit(b: &Browser, user: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let submit = c.find(Locator::Css("button[type=submit]")).await.unwrap();
+    submit.click().await.unwrap();
+    // The post replaces the page. Wait (bounded) until the page that held
+    // the form is gone, so that what the test reads next is the answer: a
+    // second failed sign-in shows the same alert as the first, and a field
+    // found on the old page goes stale when the answer arrives.
+    for _ in 0..100 {
+        if submit.is_displayed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the sign-in page was still there 10 s after its form was submitted");
 }
 
 /// Wait (bounded) until the browser shows `expected`, then assert it: a
