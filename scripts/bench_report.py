@@ -254,7 +254,7 @@ def main():
     for b, (before, after) in argon_beside.items():
         w(f"| argon2id beside the {b} password scenario, before / after (its limit: the mean) | "
           f"{fmt_us(before)} / {fmt_us(after)} per hash, "
-          f"{fmt_rate(1e6 / statistics.mean(argon_beside[b]))} per core |")
+          f"{fmt_rate(1e6 / argon_limit_us(b))} per core |")
     w("")
     w("Composed limits (one core): client_credentials = 1 / (static reply CPU + one sign); a "
       "refresh with `openid` = 1 / (static + two signs: access and ID token); userinfo = 1 / "

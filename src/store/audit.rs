@@ -34,44 +34,65 @@ pub(super) const INSERT: &str = "INSERT INTO events (at, actor, action, subject,
      severity, user_id, client_id, ip, user_agent, session_id, data) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
+/// An event's values for [`INSERT`]'s columns, under the columns' names:
+/// the one place that decides what each column holds (`detail` the
+/// one-line message, `data` the JSON detail). [`bind_event`], the direct
+/// SQLite rotation writer and the grouped PostgreSQL rotation (which sends
+/// them as JSON) all take their values from here.
+#[derive(serde::Serialize)]
+pub(super) struct EventColumns<'a> {
+    pub at: UnixTime,
+    pub actor: &'a str,
+    pub action: &'static str,
+    pub subject: Option<&'a str>,
+    pub detail: &'a str,
+    pub severity: &'static str,
+    pub user_id: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub ip: Option<String>,
+    pub user_agent: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub data: String,
+}
+
+impl<'a> EventColumns<'a> {
+    pub fn of(e: &'a Event) -> Self {
+        Self {
+            at: e.at,
+            actor: &e.actor,
+            action: e.kind.as_str(),
+            subject: e.subject.as_deref(),
+            detail: &e.message,
+            severity: e.severity.as_str(),
+            user_id: e.user.as_deref(),
+            client_id: e.client.as_deref(),
+            ip: e.ip.map(|ip| ip.to_string()),
+            user_agent: e.user_agent.as_deref(),
+            session_id: e.session.as_deref(),
+            data: e.detail.to_string(),
+        }
+    }
+}
+
 /// Bind `e`'s columns in [`INSERT`]'s order, after whatever `q` already
 /// binds.
 pub(super) fn bind_event<'q>(
     q: Query<'q, Any, AnyArguments>,
     e: &'q Event,
 ) -> Query<'q, Any, AnyArguments> {
-    q.bind(e.at)
-        .bind(&e.actor)
-        .bind(e.kind.as_str())
-        .bind(e.subject.as_deref())
-        .bind(&e.message)
-        .bind(e.severity.as_str())
-        .bind(e.user.as_deref())
-        .bind(e.client.as_deref())
-        .bind(e.ip.map(|ip| ip.to_string()))
-        .bind(e.user_agent.as_deref())
-        .bind(e.session.as_deref())
-        .bind(e.detail.to_string())
-}
-
-/// `e`'s columns as one JSON object, under the names of [`INSERT`]'s
-/// columns: the grouped PostgreSQL rotation (`rotation.rs`) sends a group's
-/// events as one JSON array, with the same values [`bind_event`] binds.
-pub(super) fn event_columns(e: &Event) -> serde_json::Value {
-    serde_json::json!({
-        "at": e.at,
-        "actor": e.actor,
-        "action": e.kind.as_str(),
-        "subject": e.subject,
-        "detail": e.message,
-        "severity": e.severity.as_str(),
-        "user_id": e.user,
-        "client_id": e.client,
-        "ip": e.ip.map(|ip| ip.to_string()),
-        "user_agent": e.user_agent,
-        "session_id": e.session,
-        "data": e.detail.to_string(),
-    })
+    let c = EventColumns::of(e);
+    q.bind(c.at)
+        .bind(c.actor)
+        .bind(c.action)
+        .bind(c.subject)
+        .bind(c.detail)
+        .bind(c.severity)
+        .bind(c.user_id)
+        .bind(c.client_id)
+        .bind(c.ip)
+        .bind(c.user_agent)
+        .bind(c.session_id)
+        .bind(c.data)
 }
 
 /// Insert `event` on `conn` — pass the open transaction of the change the

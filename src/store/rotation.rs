@@ -288,6 +288,19 @@ audited AS (INSERT INTO events (at, actor, action, subject, detail, severity, us
   WHERE a.event IS NOT NULL ORDER BY a.n) \
 SELECT n FROM consumed";
 
+/// One element of [`PG_ROTATE_GROUP`]'s JSON array, named as the
+/// statement's `json_to_recordset` columns; digests travel as base64.
+#[derive(serde::Serialize)]
+struct GroupElement<'a> {
+    n: usize,
+    presented: String,
+    successor: String,
+    family_id: &'a str,
+    now: UnixTime,
+    successor_expires_at: UnixTime,
+    event: Option<super::audit::EventColumns<'a>>,
+}
+
 /// Apply `rotations` on PostgreSQL in one statement on `conn`; one outcome
 /// per rotation, in order.
 async fn apply_group(
@@ -296,23 +309,23 @@ async fn apply_group(
 ) -> Result<Vec<RotateOutcome>> {
     use base64::Engine as _;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    let input: Vec<serde_json::Value> = rotations
+    let input: Vec<GroupElement<'_>> = rotations
         .iter()
         .enumerate()
-        .map(|(n, r)| {
-            serde_json::json!({
-                "n": n,
-                "presented": b64(&r.presented),
-                "successor": b64(&r.successor),
-                "family_id": r.family_id,
-                "now": r.now,
-                "successor_expires_at": r.successor_expires_at,
-                "event": r.event.as_ref().map(super::audit::event_columns),
-            })
+        .map(|(n, r)| GroupElement {
+            n,
+            presented: b64(&r.presented),
+            successor: b64(&r.successor),
+            family_id: &r.family_id,
+            now: r.now,
+            successor_expires_at: r.successor_expires_at,
+            event: r.event.as_ref().map(super::audit::EventColumns::of),
         })
         .collect();
+    let input = serde_json::to_string(&input)
+        .map_err(|e| StoreError::Batch(format!("cannot encode the group: {e}")))?;
     let rows = sqlx::query(PG_ROTATE_GROUP)
-        .bind(serde_json::Value::Array(input).to_string())
+        .bind(input)
         .fetch_all(conn)
         .await?;
     let mut out = vec![RotateOutcome::NotApplied; rotations.len()];

@@ -203,19 +203,20 @@ fn apply_one(conn: &Connection, r: &Rotation) -> rusqlite::Result<RotateOutcome>
     conn.prepare_cached(TOUCH_FAMILY)?
         .execute(params![r.now, r.family_id])?;
     if let Some(e) = &r.event {
+        let c = super::audit::EventColumns::of(e);
         conn.prepare_cached(super::audit::INSERT)?.execute(params![
-            e.at,
-            e.actor,
-            e.kind.as_str(),
-            e.subject,
-            e.message,
-            e.severity.as_str(),
-            e.user,
-            e.client,
-            e.ip.map(|ip| ip.to_string()),
-            e.user_agent,
-            e.session,
-            e.detail.to_string(),
+            c.at,
+            c.actor,
+            c.action,
+            c.subject,
+            c.detail,
+            c.severity,
+            c.user_id,
+            c.client_id,
+            c.ip,
+            c.user_agent,
+            c.session_id,
+            c.data,
         ])?;
     }
     Ok(RotateOutcome::Rotated)
