@@ -39,6 +39,13 @@ pub struct AlgLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where a refresh found its token's state: `kept` (this process issued
+    /// the token and kept its state) or `database`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimiterLabel {
     /// Which limit refused the request (e.g. `ip`, `client`, `user`).
     pub limiter: String,
@@ -57,6 +64,10 @@ struct Inner {
     http_latency: HistogramFamily,
     tokens_issued: Family<TokenLabels, Counter>,
     refresh_reuse: Counter,
+    /// The two series of `refresh_state_lookups`, held so that a refresh
+    /// counts without building labels.
+    refresh_state_kept: Counter,
+    refresh_state_read: Counter,
     rate_limited: Family<LimiterLabel, Counter>,
     lockouts: Counter,
     argon2_queue_depth: Gauge,
@@ -137,6 +148,20 @@ impl Metrics {
             "Consumed refresh tokens presented again (the family is revoked)",
             refresh_reuse.clone(),
         );
+        let refresh_state = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "refresh_state_lookups",
+            "Refresh grants by where the presented token's state came from: kept by this process when it issued the token, or read from the database",
+            refresh_state.clone(),
+        );
+        let source = |s: &str| {
+            refresh_state
+                .get_or_create(&SourceLabel {
+                    source: s.to_string(),
+                })
+                .clone()
+        };
+        let (refresh_state_kept, refresh_state_read) = (source("kept"), source("database"));
         let rate_limited = Family::<LimiterLabel, Counter>::default();
         registry.register(
             "rate_limit_rejections",
@@ -215,6 +240,8 @@ impl Metrics {
             http_latency,
             tokens_issued,
             refresh_reuse,
+            refresh_state_kept,
+            refresh_state_read,
             rate_limited,
             lockouts,
             argon2_queue_depth,
@@ -254,6 +281,16 @@ impl Metrics {
 
     pub fn refresh_reuse_detected(&self) {
         self.0.refresh_reuse.inc();
+    }
+
+    /// A refresh grant looked up its token's state: kept by this process
+    /// (`kept == true`) or read from the database.
+    pub fn refresh_state_lookup(&self, kept: bool) {
+        if kept {
+            self.0.refresh_state_kept.inc();
+        } else {
+            self.0.refresh_state_read.inc();
+        }
     }
 
     /// A request refused by the rate limiter named `limiter`.

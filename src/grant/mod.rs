@@ -11,6 +11,7 @@
 //! surface only as `server_error`. Nothing here knows HTTP.
 
 mod authorization_code;
+mod chain_cache;
 pub use authorization_code::code_digest;
 mod client_cache;
 mod client_credentials;
@@ -51,6 +52,8 @@ pub struct TokenService {
     pub(crate) audit: Audit,
     pub(crate) metrics: Metrics,
     clients: Arc<client_cache::ClientCache>,
+    /// The state of refresh tokens just issued (`chain_cache.rs`).
+    pub(crate) chain: Arc<chain_cache::ChainCache>,
     pub(crate) limits: Limits,
     pub(crate) lockout: Lockout,
 }
@@ -117,6 +120,8 @@ impl TokenService {
             clients: Arc::new(client_cache::ClientCache::new(
                 std::time::Duration::from_millis(cfg.clients_cache_millis),
             )),
+            // Trusted only while revocations by other processes are followed.
+            chain: Arc::new(chain_cache::ChainCache::new(cfg.revocation_poll_millis > 0)),
             cfg: Arc::new(cfg),
             metrics,
             limits,

@@ -3,7 +3,9 @@
 //!
 //! The path never holds a write lock while it signs:
 //! 1. read the token, its session and user without a lock (unknown or
-//!    garbage tokens stop here and never touch the write lock);
+//!    garbage tokens stop here and never touch the write lock), or take the
+//!    state this process kept when it issued the token (`chain_cache.rs`:
+//!    the rotation re-checks in the database what could have changed);
 //! 2. decide, derive the successor (`Secrets::successor_token`, a keyed
 //!    function of the presented token) and sign the new tokens;
 //! 3. hand the rotation to the group-commit writer: a conditional consume of
@@ -70,8 +72,16 @@ pub async fn grant(
     // Announced before the state is read, so that the writer can wait for
     // this rotation and commit it with the others in flight.
     let intent = svc.store.announce_rotation();
-    let Some(state) = svc.store.refresh_state(&digest).await.map_err(internal)? else {
-        return Err(invalid());
+    // Read before the state: what it says holds while the generation does.
+    let generation = svc.store.revocation_generation();
+    let kept = svc.chain.take(&digest, generation, now);
+    svc.metrics.refresh_state_lookup(kept.is_some());
+    let state = match kept {
+        Some(kept) => kept,
+        None => match svc.store.refresh_state(&digest).await.map_err(internal)? {
+            Some(read) => read,
+            None => return Err(invalid()),
+        },
     };
     let family = &state.family;
     // Checked before anything is revoked: a client presenting another
@@ -95,12 +105,13 @@ pub async fn grant(
     let successor_expires_at = now
         .saturating_add(svc.cfg.refresh_idle_ttl().get())
         .min(family.expires_at);
+    let successor_digest = secret::refresh_token_digest(&successor);
     let outcome = svc
         .store
         .rotate(
             Rotation {
                 presented: digest.clone(),
-                successor: secret::refresh_token_digest(&successor),
+                successor: successor_digest.clone(),
                 family_id: family.id.clone(),
                 now,
                 successor_expires_at,
@@ -123,6 +134,13 @@ pub async fn grant(
         RotateOutcome::Rotated => {
             // Debug: the rotation's audit row and the request line record it.
             tracing::debug!(client_id = %client.row.client_id, family = %family.id, "refresh token rotated");
+            svc.chain.put_successor(
+                successor_digest,
+                generation,
+                state,
+                now,
+                successor_expires_at,
+            );
             Ok(response)
         }
         RotateOutcome::NotApplied => {

@@ -44,6 +44,7 @@ const SERIES: &[&str] = &[
     "latchkey_http_request_duration_seconds",
     "latchkey_tokens_issued_total",
     "latchkey_refresh_reuse_detected_total",
+    "latchkey_refresh_state_lookups_total",
     "latchkey_rate_limit_rejections_total",
     "latchkey_account_lockouts_total",
     "latchkey_argon2_queue_depth",
@@ -119,6 +120,17 @@ async fn metrics_expose_every_series_and_move_with_requests() {
         value(&s2, "latchkey_refresh_reuse_detected_total", &[]),
         Some(1.0)
     );
+    // The login's token was read from the database; its successor's state
+    // was kept by the refresh that issued it; the reused token was read.
+    let lookups = |source: &str| {
+        value(
+            &s2,
+            "latchkey_refresh_state_lookups_total",
+            &[("source", source)],
+        )
+    };
+    assert_eq!(lookups("kept"), Some(1.0));
+    assert_eq!(lookups("database"), Some(2.0));
 
     // Requests by matched route and status, with a latency histogram.
     let ok = value(

@@ -438,3 +438,88 @@ async fn disabling_a_user_ends_logins_and_sessions() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user nobody"));
 }
+
+/// A refresh keeps its successor's state for the session's next refresh
+/// (grant/chain_cache.rs). A session ended by another process whose
+/// revocation this one has not seen yet (a replica, before the next poll of
+/// `revocation_state`) must still refuse that successor: the rotation checks
+/// the session in the database.
+#[tokio::test]
+async fn a_kept_successor_is_refused_once_its_session_ended_in_the_database() {
+    use sqlx::Connection as _;
+    let (app, secret) = setup().await;
+    let client = ("web", secret.as_str());
+    let login = app
+        .login(client, "alice", PASSWORD, "openid api:read")
+        .await;
+    let sid = jwt_part(login["access_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r: Value = app
+        .refresh(client, login["refresh_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kept = r["refresh_token"].as_str().unwrap().to_string();
+
+    // Ended behind this server's back: no revocation counter moves.
+    let generation = app.revocations();
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&app.env.database_url)
+        .await
+        .unwrap();
+    let ended = sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE id = $2")
+        .bind(1_i64)
+        .bind(&sid)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(ended.rows_affected(), 1);
+    db.close().await.unwrap();
+
+    expect_invalid_grant(app.refresh(client, &kept).await).await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "latchkey_refresh_state_lookups_total{source=\"kept\"} 1"),
+        "the refused presentation started from the kept state: {metrics}"
+    );
+    assert_eq!(
+        app.revocations(),
+        generation,
+        "refused by the rotation's own check, not by a revocation this server saw"
+    );
+    // Nothing was consumed or stored for the refused presentation: the token
+    // is still unused, and no successor joined the session.
+    let rows: Vec<(Option<i64>,)> = {
+        let mut db = sqlx::AnyConnection::connect(&app.env.database_url)
+            .await
+            .unwrap();
+        let rows = sqlx::query_as(
+            "SELECT used_at FROM refresh_tokens WHERE family_id = $1 ORDER BY issued_at, used_at",
+        )
+        .bind(&sid)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        rows
+    };
+    assert_eq!(rows.len(), 2, "the login's token and its one successor");
+    assert_eq!(
+        rows.iter().filter(|(used,)| used.is_none()).count(),
+        1,
+        "the kept successor was not consumed: {rows:?}"
+    );
+}
