@@ -1,8 +1,9 @@
 //! Key material: generation, public JWKs, RFC 7638 thumbprints, signers.
 //!
-//! OpenSSL generates every key and makes every RS256 signature: the `rsa`
-//! crate's private-key path has an unfixed timing advisory
-//! (RUSTSEC-2023-0071). ES256 signatures are made by `ring` (already linked for
+//! OpenSSL generates every key and makes every RS256 signature (the RSA
+//! key's private operation over a `DigestInfo` encoded here, see
+//! [`LocalSigner::Rs256`]): the `rsa` crate's private-key path has an unfixed
+//! timing advisory (RUSTSEC-2023-0071). ES256 signatures are made by `ring` (already linked for
 //! TLS): its constant-time P-256 signs in about 17 µs on this class of machine
 //! against 22 µs through OpenSSL's EVP layer, which sets up a digest and key
 //! context per signature, and it returns the JWS form (raw r‖s) directly
@@ -17,11 +18,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use josekit::jws::{ES256, JwsVerifier, RS256};
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private, Public};
 use openssl::rsa::{Padding, Rsa};
-use openssl::sign::Signer;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use zeroize::Zeroizing;
@@ -173,10 +172,23 @@ impl PublicKey {
     }
 }
 
+/// The DER `DigestInfo` prefix of a SHA-256 digest (RFC 8017 §9.2, note 1):
+/// what RSASSA-PKCS1-v1_5 signs, followed by the 32 digest bytes.
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
 /// An in-process signer, built once per key from its PKCS#8 DER.
 pub enum LocalSigner {
-    /// OpenSSL RSASSA-PKCS1-v1_5 with SHA-256.
-    Rs256(PKey<Private>),
+    /// OpenSSL RSASSA-PKCS1-v1_5 with SHA-256, on the RSA key itself: the
+    /// `DigestInfo` is encoded here and the private operation (CRT, blinded)
+    /// is `RSA_private_encrypt` with PKCS#1 type-1 padding, exactly what
+    /// `RSA_sign` does. `EVP_DigestSign` makes the same bytes but sets up a
+    /// digest and key context through the provider for every signature,
+    /// which cost up to 5 % more per signature here (ARCHITECTURE.md,
+    /// "Crates").
+    Rs256(Rsa<Private>),
     /// ring ECDSA P-256 with SHA-256, fixed-length (JWS) signatures.
     Es256(Box<EcdsaKeyPair>),
 }
@@ -185,10 +197,14 @@ impl LocalSigner {
     /// The JWS signature over `input` (RFC 7518 §3: raw r‖s for ES256).
     pub fn sign(&self, input: &[u8]) -> Result<Vec<u8>, KeyError> {
         match self {
-            Self::Rs256(pkey) => {
-                let mut signer = Signer::new(MessageDigest::sha256(), pkey)?;
-                signer.set_rsa_padding(Padding::PKCS1)?;
-                Ok(signer.sign_oneshot_to_vec(input)?)
+            Self::Rs256(rsa) => {
+                let mut info = [0u8; SHA256_DIGEST_INFO.len() + 32];
+                info[..SHA256_DIGEST_INFO.len()].copy_from_slice(&SHA256_DIGEST_INFO);
+                info[SHA256_DIGEST_INFO.len()..].copy_from_slice(&openssl::sha::sha256(input));
+                let mut sig = vec![0; rsa.size() as usize];
+                let n = rsa.private_encrypt(&info, &mut sig, Padding::PKCS1)?;
+                sig.truncate(n);
+                Ok(sig)
             }
             Self::Es256(pair) => pair
                 .sign(&SystemRandom::new(), input)
@@ -203,8 +219,13 @@ pub fn local_signer(alg: Alg, private_der: &[u8]) -> Result<LocalSigner, KeyErro
     let pkey = PKey::private_key_from_pkcs8(private_der)?;
     Ok(match alg {
         Alg::Rs256 => {
-            rsa_key(&pkey)?;
-            LocalSigner::Rs256(pkey)
+            let rsa = rsa_key(&pkey)?;
+            if rsa.size() * 8 < 2048 {
+                return Err(KeyError::Mismatch(
+                    "RS256 needs an RSA key of 2048 bits or more",
+                ));
+            }
+            LocalSigner::Rs256(rsa)
         }
         Alg::Es256 => {
             let ec = p256_key(&pkey)?;
@@ -240,6 +261,8 @@ pub fn public_der_of(private_der: &[u8]) -> Result<Vec<u8>, KeyError> {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+    use openssl::hash::MessageDigest;
+    use openssl::sign::Signer;
 
     #[test]
     fn rfc7638_example_thumbprint() {
@@ -306,6 +329,33 @@ mod tests {
         assert_ne!(a, b, "ECDSA needs a fresh nonce per signature");
         public.verifier.verify(b"input", &a).unwrap();
         public.verifier.verify(b"input", &b).unwrap();
+    }
+
+    #[test]
+    fn rs256_signatures_are_the_pkcs1_v1_5_signatures_openssl_makes() {
+        let k = generate(Alg::Rs256, 2048).unwrap();
+        let signer = local_signer(Alg::Rs256, &k.private_der).unwrap();
+        let pkey = PKey::private_key_from_pkcs8(&k.private_der).unwrap();
+        let public = PublicKey::from_spki_der(Alg::Rs256, &k.public_der).unwrap();
+        for input in [&b""[..], b"header.payload", &[0xa5; 3000]] {
+            let ours = signer.sign(input).unwrap();
+            // RSASSA-PKCS1-v1_5 is deterministic: EVP's one-shot signature of
+            // the same input must be the same bytes.
+            let mut evp = Signer::new(MessageDigest::sha256(), &pkey).unwrap();
+            evp.set_rsa_padding(Padding::PKCS1).unwrap();
+            assert_eq!(ours, evp.sign_oneshot_to_vec(input).unwrap());
+            assert_eq!(ours.len(), 256);
+            public.verifier.verify(input, &ours).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_short_rsa_key_is_refused_for_signing() {
+        let short = generate(Alg::Rs256, 1024).unwrap();
+        assert!(matches!(
+            local_signer(Alg::Rs256, &short.private_der),
+            Err(KeyError::Mismatch(_))
+        ));
     }
 
     #[test]
