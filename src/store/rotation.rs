@@ -252,6 +252,10 @@ async fn apply(store: &Store, batch: &[Job]) -> Result<Vec<RotateOutcome>> {
 /// in a group match one row, which an `UPDATE … FROM` changes once: exactly
 /// one of them applies, as when they were two statements.
 ///
+/// A session's `last_used_at` (whole seconds) is written only when it moves
+/// forward: a session refreshed again within the same second already holds
+/// the value, and rewriting its row would only add a dead row version and WAL.
+///
 /// The token is found by its digest alone. Its family is the one the grant
 /// read from that same row (a token's family never changes), so the family
 /// is checked only in `token_families`: a `family_id` condition on
@@ -277,7 +281,7 @@ applied AS (SELECT i.*, c.family_id AS consumed_family FROM input i JOIN consume
 successor AS (INSERT INTO refresh_tokens (token_digest, family_id, issued_at, expires_at) \
   SELECT successor, consumed_family, now, successor_expires_at FROM applied), \
 touched AS (UPDATE token_families f SET last_used_at = a.now FROM applied a \
-  WHERE f.id = a.consumed_family), \
+  WHERE f.id = a.consumed_family AND (f.last_used_at IS NULL OR f.last_used_at < a.now)), \
 audited AS (INSERT INTO events (at, actor, action, subject, detail, severity, user_id, \
   client_id, ip, user_agent, session_id, data) \
   SELECT e.at, e.actor, e.action, e.subject, e.detail, e.severity, e.user_id, e.client_id, \
@@ -580,6 +584,63 @@ mod tests {
         assert_eq!(refresh_events(&store).await, 1);
         let f1 = store.find_family("f1").await.unwrap().unwrap();
         assert_eq!(f1.last_used_at, now);
+    }
+
+    /// A session's `last_used_at` moves only forward: a rotation stamped
+    /// earlier than the session's last use (a replica whose clock is behind)
+    /// still applies but leaves the later time, on both backends.
+    #[tokio::test]
+    async fn last_used_at_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores = vec![store(&dir).await];
+        if let Some(pg) = postgres_store().await {
+            stores.push(pg);
+        }
+        for store in stores {
+            let later = NOW + 20;
+            let outcome = store
+                .rotate(
+                    rotation(b"t1", b"s1", "f1", later),
+                    store.announce_rotation(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome, RotateOutcome::Rotated);
+            assert_eq!(
+                store.find_family("f1").await.unwrap().unwrap().last_used_at,
+                later
+            );
+            // The successor, presented through a clock 5 s behind.
+            let outcome = store
+                .rotate(
+                    rotation(b"s1", b"s2", "f1", later - 5),
+                    store.announce_rotation(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome, RotateOutcome::Rotated, "{:?}", store.backend);
+            let (_, consumed) = store.refresh_token(b"s1").await.unwrap().unwrap();
+            assert_eq!(consumed.used_at, Some(later - 5));
+            assert_eq!(
+                store.find_family("f1").await.unwrap().unwrap().last_used_at,
+                later,
+                "{:?}",
+                store.backend
+            );
+            // And forward again.
+            let outcome = store
+                .rotate(
+                    rotation(b"s2", b"s3", "f1", later + 7),
+                    store.announce_rotation(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome, RotateOutcome::Rotated);
+            assert_eq!(
+                store.find_family("f1").await.unwrap().unwrap().last_used_at,
+                later + 7
+            );
+        }
     }
 
     /// PostgreSQL's grouped statement decides each element of one group on

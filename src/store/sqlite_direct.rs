@@ -185,7 +185,11 @@ const CONSUME: &str = "UPDATE refresh_tokens SET used_at = $1 \
                  WHERE f.id = $3 AND f.revoked_at IS NULL AND f.expires_at > $1)";
 const INSERT_SUCCESSOR: &str = "INSERT INTO refresh_tokens \
      (token_digest, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)";
-const TOUCH_FAMILY: &str = "UPDATE token_families SET last_used_at = $1 WHERE id = $2";
+/// `last_used_at` is in whole seconds: a session refreshed again within the
+/// same second already holds the value, so it is not written again (nor
+/// moved back by a replica whose clock is behind).
+const TOUCH_FAMILY: &str = "UPDATE token_families SET last_used_at = $1 \
+     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)";
 
 fn apply_one(conn: &Connection, r: &Rotation) -> rusqlite::Result<RotateOutcome> {
     let consumed =
