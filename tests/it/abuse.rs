@@ -581,15 +581,7 @@ async fn audit_types(app: &TestApp, kind: &str) -> usize {
 
 /// The sum of every sample of one metric family on `/metrics`.
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     scrape

@@ -357,6 +357,18 @@ impl TestApp {
         }
     }
 
+    /// The text `/metrics` serves now.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn userinfo(&self, token: Option<&str>) -> reqwest::Response {
         let mut req = self.http.get(self.url("/userinfo"));
         if let Some(t) = token {
