@@ -155,7 +155,7 @@ def main():
     backends = a.backends.split()
     results = {}
     for b in backends:
-        for key in list(limits) + ["mixed"]:
+        for key in list(limits) + ["mixed", "mixed-calm"]:
             p = os.path.join(run, f"{b}-{key}.json")
             if os.path.exists(p):
                 results[(b, key)] = load(p)
@@ -211,6 +211,15 @@ def main():
             mt(f"| {titles[key]} | {b} | {fmt_rate(rps)} | {fmt_rate(lim_rps)} | {pct(rps, lim_rps)} "
                f"| {fmt_us(cpu)} | {fmt_us(lim_cpu)} | {cpu / lim_cpu:.2f}× | {fmt_us(c['p99_us'])} "
                f"| {tgt} | {verdict(ok)} |")
+    for b in backends:
+        m, calm = results.get((b, "mixed")), results.get((b, "mixed-calm"))
+        if not m or not calm or not calm["classes"].get("refresh", {}).get("p99_us"):
+            continue
+        mr, cr = m["classes"].get("refresh", {}), calm["classes"]["refresh"]
+        mt(f"| refresh ES256 under a password flood (mixed) | {b} | {fmt_rate(mr.get('rps'))} | — | — "
+           f"| — | — | — | {fmt_us(mr.get('p99_us'))} "
+           f"| ≤ 2× without the flood ({fmt_us(cr['p99_us'])}) "
+           f"| {verdict(mr.get('p99_us', 0) <= 2 * cr['p99_us'])} |")
 
     w("# latchkey performance")
     w("")
@@ -302,7 +311,7 @@ def main():
     w("| run | class | req/s | p50 | p90 | p99 | p99.9 | errors | core busy | driver busy | tokens verified / bad |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
     order = ([s["label"] for s in statics] + [f"baseline-{k}" for k in baselines]
-             + [f"{b}-{k}" for b in backends for k in list(limits) + ["mixed"]])
+             + [f"{b}-{k}" for b in backends for k in list(limits) + ["mixed", "mixed-calm"]])
     every = {s["label"]: s for s in statics}
     every.update({f"baseline-{k}": r for k, r in baselines.items()})
     every.update({f"{b}-{k}": r for (b, k), r in results.items()})
@@ -352,18 +361,28 @@ def main():
     w("")
     w("## Password flood beside refresh chains (mixed)")
     w("")
-    w("| backend | refresh req/s | refresh p99 | refresh p99 alone | ratio (target ≤ 2×) | password req/s | JWKS req/s |")
-    w("|---|---|---|---|---|---|---|")
+    w("The target compares the refresh p99 under the password flood with the same load (refresh "
+      "chains and JWKS readers) without the flood (*calm*). The refresh chain measured alone is "
+      "shown beside it: the JWKS readers take their own share of the two cores.")
+    w("")
+    w("| backend | refresh req/s | refresh p99 | calm: refresh req/s | calm: refresh p99 | ratio (target ≤ 2×) "
+      "| refresh p99 alone | ratio to alone | password req/s | JWKS req/s |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for b in backends:
         m = results.get((b, "mixed"))
+        calm = results.get((b, "mixed-calm"))
         alone = results.get((b, "refresh-es256"))
-        if not m or not alone:
+        if not m or not calm or not alone:
             continue
         mr = m["classes"].get("refresh", {})
+        cr = calm["classes"].get("refresh", {})
         ar = alone["classes"]["refresh"]
-        ratio = mr.get("p99_us", 0) / ar["p99_us"] if ar["p99_us"] else 0
-        w(f"| {b} | {fmt_rate(mr.get('rps'))} | {fmt_us(mr.get('p99_us'))} | {fmt_us(ar['p99_us'])} "
+        ratio = mr.get("p99_us", 0) / cr["p99_us"] if cr.get("p99_us") else 0
+        to_alone = mr.get("p99_us", 0) / ar["p99_us"] if ar["p99_us"] else 0
+        w(f"| {b} | {fmt_rate(mr.get('rps'))} | {fmt_us(mr.get('p99_us'))} "
+          f"| {fmt_rate(cr.get('rps'))} | {fmt_us(cr.get('p99_us'))} "
           f"| {ratio:.1f}× {'met' if ratio <= 2 else '**missed**'} "
+          f"| {fmt_us(ar['p99_us'])} | {to_alone:.1f}× "
           f"| {fmt_rate(m['classes'].get('password', {}).get('rps'))} "
           f"| {fmt_rate(m['classes'].get('jwks', {}).get('rps'))} |")
     w("")
