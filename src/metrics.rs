@@ -72,6 +72,10 @@ struct Inner {
     lockouts: Counter,
     argon2_queue_depth: Gauge,
     argon2_buffers: Gauge,
+    /// Seconds the hashing threads rested to yield the CPU, and the total
+    /// (in microseconds) already added to it: a scrape adds the difference.
+    argon2_yield: Counter<f64, std::sync::atomic::AtomicU64>,
+    argon2_yield_reported: std::sync::atomic::AtomicU64,
     db_in_use: Gauge,
     db_idle: Gauge,
     active_key_age: Family<AlgLabel, Gauge>,
@@ -186,6 +190,12 @@ impl Metrics {
             "Password hash block buffers allocated (19 MiB each, at most one per hashing thread)",
             argon2_buffers.clone(),
         );
+        let argon2_yield = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "argon2_yield_seconds",
+            "Seconds the password hashing threads rested to give a contended CPU to other work",
+            argon2_yield.clone(),
+        );
         let db_in_use = Gauge::default();
         registry.register(
             "db_pool_connections_in_use",
@@ -246,6 +256,8 @@ impl Metrics {
             lockouts,
             argon2_queue_depth,
             argon2_buffers,
+            argon2_yield,
+            argon2_yield_reported: std::sync::atomic::AtomicU64::new(0),
             db_in_use,
             db_idle,
             active_key_age,
@@ -318,6 +330,20 @@ impl Metrics {
         self.0
             .argon2_buffers
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The hashing threads' total rest so far (microseconds, never
+    /// decreasing); the counter advances by what was not reported yet, so
+    /// concurrent scrapes each add a disjoint part.
+    pub fn set_argon2_yield_micros(&self, total: u64) {
+        let m = &self.0;
+        let before = m
+            .argon2_yield_reported
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > before {
+            #[allow(clippy::cast_precision_loss, reason = "seconds as f64")]
+            m.argon2_yield.inc_by((total - before) as f64 / 1e6);
+        }
     }
 
     /// Set the gauges that mirror state kept elsewhere; called per scrape.

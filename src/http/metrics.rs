@@ -45,6 +45,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     state
         .metrics
         .set_argon2_buffers(state.tokens.secrets.hash_buffers());
+    state
+        .metrics
+        .set_argon2_yield_micros(state.tokens.secrets.hash_yield_micros());
     let stats = &state.stats;
     state.metrics.observe(&Observed {
         now,

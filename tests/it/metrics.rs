@@ -49,6 +49,7 @@ const SERIES: &[&str] = &[
     "latchkey_account_lockouts_total",
     "latchkey_argon2_queue_depth",
     "latchkey_argon2_buffers",
+    "latchkey_argon2_yield_seconds_total",
     "latchkey_db_pool_connections_in_use",
     "latchkey_db_pool_connections_idle",
     "latchkey_keyring_active_key_age_seconds",
