@@ -880,12 +880,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let slept = thread_cpu_time().unwrap() - start;
         assert!(slept < Duration::from_millis(20), "{slept:?}");
+        // Work advances it, and never faster than the wall clock.
         let spin = std::time::Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(30) {
+        let mut used = Duration::ZERO;
+        while used < Duration::from_millis(10) && spin.elapsed() < Duration::from_secs(10) {
             x = std::hint::black_box(x.wrapping_add(1));
+            used = thread_cpu_time().unwrap() - start - slept;
         }
-        assert!(thread_cpu_time().unwrap() - start >= Duration::from_millis(10));
+        assert!(
+            used >= Duration::from_millis(10),
+            "{used:?} after 10 s of work"
+        );
+        assert!(
+            used <= spin.elapsed(),
+            "{used:?} of CPU in {:?}",
+            spin.elapsed()
+        );
     }
 
     /// Busy threads at the normal priority on every core keep the hashing
