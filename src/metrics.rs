@@ -7,6 +7,7 @@
 //! scraped, by [`Metrics::observe`]. Nothing here knows HTTP.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,8 +75,8 @@ struct Inner {
     argon2_buffers: Gauge,
     /// Seconds the hashing threads rested to yield the CPU, and the total
     /// (in microseconds) already added to it: a scrape adds the difference.
-    argon2_yield: Counter<f64, std::sync::atomic::AtomicU64>,
-    argon2_yield_reported: std::sync::atomic::AtomicU64,
+    argon2_yield: Counter<f64, AtomicU64>,
+    argon2_yield_reported: AtomicU64,
     db_in_use: Gauge,
     db_idle: Gauge,
     active_key_age: Family<AlgLabel, Gauge>,
@@ -190,7 +191,7 @@ impl Metrics {
             "Password hash block buffers allocated (19 MiB each, at most one per hashing thread)",
             argon2_buffers.clone(),
         );
-        let argon2_yield = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let argon2_yield = Counter::<f64, AtomicU64>::default();
         registry.register(
             "argon2_yield_seconds",
             "Seconds the password hashing threads rested to give a contended CPU to other work",
@@ -257,7 +258,7 @@ impl Metrics {
             argon2_queue_depth,
             argon2_buffers,
             argon2_yield,
-            argon2_yield_reported: std::sync::atomic::AtomicU64::new(0),
+            argon2_yield_reported: AtomicU64::new(0),
             db_in_use,
             db_idle,
             active_key_age,
@@ -337,9 +338,7 @@ impl Metrics {
     /// concurrent scrapes each add a disjoint part.
     pub fn set_argon2_yield_micros(&self, total: u64) {
         let m = &self.0;
-        let before = m
-            .argon2_yield_reported
-            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        let before = m.argon2_yield_reported.fetch_max(total, Ordering::Relaxed);
         if total > before {
             #[allow(clippy::cast_precision_loss, reason = "seconds as f64")]
             m.argon2_yield.inc_by((total - before) as f64 / 1e6);
