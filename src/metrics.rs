@@ -403,3 +403,33 @@ pub fn next_transition(
         .filter(|t| *t >= now)
         .min()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::Metrics;
+
+    fn yield_line(m: &Metrics) -> String {
+        m.encode()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("latchkey_argon2_yield_seconds_total "))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_argon2_rest_counter_advances_by_what_was_not_reported_and_never_back() {
+        let m = Metrics::new();
+        m.set_argon2_yield_micros(1_500_000);
+        assert_eq!(yield_line(&m), "latchkey_argon2_yield_seconds_total 1.5");
+        // The same total again (a second scrape) adds nothing.
+        m.set_argon2_yield_micros(1_500_000);
+        assert_eq!(yield_line(&m), "latchkey_argon2_yield_seconds_total 1.5");
+        // A total read before another scrape reported a larger one adds nothing.
+        m.set_argon2_yield_micros(1_000_000);
+        assert_eq!(yield_line(&m), "latchkey_argon2_yield_seconds_total 1.5");
+        m.set_argon2_yield_micros(2_000_000);
+        assert_eq!(yield_line(&m), "latchkey_argon2_yield_seconds_total 2.0");
+    }
+}
